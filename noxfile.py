@@ -79,7 +79,7 @@ def packages(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff over the whole tree."""
     session.install("-c", str(CONSTRAINTS), "ruff")
-    session.run("ruff", "check", ".", *session.posargs)
+    session.run("ruff", "check", "--line-length", "120", ".", *session.posargs)
 
 
 @nox.session(python=TORCH_PYTHON, default=False)
@@ -103,9 +103,9 @@ def _install(session: nox.Session, *names: str, extras: str = "test") -> None:
     args = ["-c", str(CONSTRAINTS), "invoke"]  # the repository tests drive tasks.py
     if "device_backend" not in names or len(names) > 1:
         args.append("torch")  # pinned by the constraints file
-    for name in PACKAGES:  # dependency order: siblings come from this checkout
+    for name, folder in PACKAGES.items():  # dependency order: siblings come from this checkout
         if name in names:
-            args += ["-e", f"{PACKAGES[name]}[{_extras_for(name, extras)}]"]
+            args += ["-e", f"{folder}[{_extras_for(name, extras)}]"]
     session.install(*args)
     session.run("python", str(ROOT / "tests" / "check_packages.py"), "--editable-only", *names, silent=True)
 

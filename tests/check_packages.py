@@ -89,7 +89,7 @@ def check_wheels(dist_dir: Path, constraints: Path) -> None:
 
 
 def _run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""

@@ -30,7 +30,8 @@ def test_top_level_layout(root):
 
 
 def test_metal_backend_is_a_pinned_gitlink(root):
-    out = subprocess.run(["git", "ls-files", "-s", "metal-backend"], cwd=root, capture_output=True, text=True).stdout
+    out = subprocess.run(["git", "ls-files", "-s", "metal-backend"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
     mode, sha = out.split()[:2]
     assert mode == "160000" and re.fullmatch(r"[0-9a-f]{40}", sha)
     gitmodules = (root / ".gitmodules").read_text()
