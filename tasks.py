@@ -105,7 +105,8 @@ def submodule_sync(c, repo=None, dry_run=False):
             continue
         result = _git(c, root, args, timeout=300)
         if not result.ok:
-            reason = (result.stderr.strip().splitlines() or ["git failed"])[-1]
+            lines = result.stderr.strip().splitlines() or ["git failed"]
+            reason = next((ln.removeprefix("fatal: ") for ln in lines if ln.startswith("fatal:")), lines[-1])
             print(
                 f"{SUBMODULE}: could not fetch the Metal kernels ({reason}); Metal kernels stay off and "
                 f"attention uses PyTorch SDPA. Fetch later with `invoke submodule.sync --repo {root}`."
