@@ -171,7 +171,8 @@ def bootstrap(c, repo=None, python=None, dry_run=False):
     if stamp_file.exists() and stamp_file.read_text() == stamp:
         print("packages: installed and up to date")
     else:
-        args = ["-m", "pip", "install", "-q", "-c", CONSTRAINTS, "torch"]
+        # invoke and nox too, so an activated .venv runs every command in the README
+        args = ["-m", "pip", "install", "-q", "-c", CONSTRAINTS, "torch", "invoke", "nox"]
         for folder in PACKAGE_DIRS:
             args += ["-e", f"{folder}[test]"]
         with c.cd(str(root)):
