@@ -50,7 +50,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """Train a byte-level BPE tokenizer with StarCoder's special tokens on ``texts``.
 
     Returns a ``transformers.PreTrainedTokenizerFast`` whose eos, bos, unk and pad
-    tokens are all ``<|endoftext|>`` (as in StarCoder). The same texts in the same
+    tokens are all ``<|endoftext|>`` (as in StarCoder). It holds at most ``vocab_size``
+    tokens: fewer when the texts run out of pairs to merge, so size the model's
+    embedding with ``max(vocab_size, len(tokenizer))``. The same texts in the same
     order give the same tokenizer (vocabulary and merges), so its fingerprint is
     stable across runs.
     """
