@@ -17,22 +17,22 @@ _LAZY = {
     "RepoRootError": "paths",
     "find_repo_root": "paths",
     "resolve_path": "paths",
-    "Choice": "choose",
-    "DeviceUnavailableError": "choose",
-    "Reason": "choose",
-    "arch_supported": "choose",
-    "choose": "choose",
-    "cuda_status": "choose",
-    "min_macos_for_mps": "choose",
-    "mps_status": "choose",
-    "parse_request": "choose",
+    "Choice": "decision",
+    "DeviceUnavailableError": "decision",
+    "Reason": "decision",
+    "arch_supported": "decision",
+    "choose": "decision",
+    "cuda_status": "decision",
+    "min_macos_for_mps": "decision",
+    "mps_status": "decision",
+    "parse_request": "decision",
     "CudaDevice": "facts",
     "Facts": "facts",
     "BackendConfig": "legacy",
     "DeviceBackend": "legacy",
     "get_device_backend": "legacy",
-    "probe": "probe",
-    "probe_in_subprocess": "probe",
+    "probe": "probing",
+    "probe_in_subprocess": "probing",
     "configure_environment": "runtime",
     "setup": "runtime",
     "format_report": "report",
@@ -81,7 +81,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; not executed
-    from device_backend.choose import (
+    from device_backend.decision import (
         Choice,
         DeviceUnavailableError,
         Reason,
@@ -95,6 +95,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; not executed
     from device_backend.facts import CudaDevice, Facts
     from device_backend.legacy import BackendConfig, DeviceBackend, get_device_backend
     from device_backend.paths import RepoRootError, find_repo_root, resolve_path
-    from device_backend.probe import probe, probe_in_subprocess
+    from device_backend.probing import probe, probe_in_subprocess
     from device_backend.report import format_report
     from device_backend.runtime import configure_environment, setup

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from device_backend.choose import Choice
+from device_backend.decision import Choice
 from device_backend.runtime import configure_environment, setup
 
 log = logging.getLogger("device_backend")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from device_backend._version import __version__
-from device_backend.choose import Choice
+from device_backend.decision import Choice
 
 
 def human_bytes(count: int | None) -> str:

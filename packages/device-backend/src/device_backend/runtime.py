@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, MutableMapping
 
-from device_backend.choose import Choice, choose, cuda_status, hides_all_gpus, mps_status, parse_request
+from device_backend.decision import Choice, choose, cuda_status, hides_all_gpus, mps_status, parse_request
 from device_backend.facts import Facts
 
 log = logging.getLogger("device_backend")
@@ -77,7 +77,7 @@ def setup(
 
     Raises :class:`~device_backend.DeviceUnavailableError` when ``request`` names a device that is unusable.
     """
-    from device_backend.probe import probe, probe_in_subprocess
+    from device_backend.probing import probe, probe_in_subprocess
 
     kind, index = parse_request(request)  # a typo fails before any probing
     probe_fn = probe_fn or probe

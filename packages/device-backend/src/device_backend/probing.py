@@ -273,7 +273,7 @@ def _probe_cuda(torch, facts: Facts) -> None:
 SUBPROCESS_CODE = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from device_backend.probe import probe
+from device_backend.probing import probe
 facts = probe()
 facts.probed_in = "subprocess"
 print("DEVICE_BACKEND_FACTS=" + json.dumps(facts.to_dict()))
