@@ -143,3 +143,12 @@ def test_configure_environment_touches_os_environ_only_when_called(monkeypatch):
     assert "TOKENIZERS_PARALLELISM" not in os.environ
     configure_environment()
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+
+
+def test_apply_imports_torch_only_when_it_has_work(monkeypatch):
+    """With nothing to apply, setup() on profile facts must not need torch (this runs without torch too)."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # any `import torch` now raises ImportError
+    choice = setup(probe_fn=apple_m2_macos14, subprocess_probe=False)
+    assert choice.device == "mps"
+    with pytest.raises(ImportError):
+        setup(probe_fn=apple_m2_macos14, subprocess_probe=False, memory_fraction=0.5)

@@ -147,17 +147,19 @@ def _explain_in_subprocess(run: ProbeFn) -> dict:
 
 
 def _apply(choice: Choice, memory_fraction: float | None) -> None:
+    facts = choice.facts
+    stale_cache = facts.mps_cached_available is False and bool(facts.mps_available)
+    wants_limit = memory_fraction is not None and choice.device_type in ("mps", "cuda")
+    if not (stale_cache or wants_limit):
+        return
     import torch
 
-    facts = choice.facts
-    if facts.mps_cached_available is False and facts.mps_available:
+    if stale_cache:
         cached = getattr(getattr(torch.backends, "mps", None), "is_available", None)
         if cached is not None and hasattr(cached, "cache_clear"):
             cached.cache_clear()
             log.info("cleared torch.backends.mps.is_available's stale cached False (MPS works)")
-    if memory_fraction is None:
-        return
-    if choice.device_type == "mps":
+    if wants_limit and choice.device_type == "mps":
         torch.mps.set_per_process_memory_fraction(float(memory_fraction))
-    elif choice.device_type == "cuda":
+    elif wants_limit:
         torch.cuda.set_per_process_memory_fraction(float(memory_fraction), torch.device(choice.device))
