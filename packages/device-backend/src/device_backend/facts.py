@@ -75,6 +75,7 @@ class Facts:
     # bookkeeping
     probed_in: str = "process"  # "process" or "subprocess"
     probe_seconds: float | None = None
+    torch_import_seconds: float | None = None  # part of probe_seconds; near 0 when torch was already imported
     probe_errors: list[str] = field(default_factory=list)
     subprocess_check: dict[str, Any] | None = None  # a fresh process's view, used only to explain
 

@@ -181,6 +181,7 @@ def _error(exc: BaseException) -> str:
 
 def _probe_torch(facts: Facts) -> None:
     facts.torch_imported_before_probe = "torch" in sys.modules
+    started = time.perf_counter()
     try:
         import torch
     except Exception as exc:  # noqa: BLE001 - a probe reports failures, it does not raise
@@ -188,6 +189,7 @@ def _probe_torch(facts: Facts) -> None:
         if facts.nvidia_driver is None and facts.os == "Windows":
             facts.nvidia_driver = _driver_from_smi()
         return
+    facts.torch_import_seconds = round(time.perf_counter() - started, 4)
     facts.torch_installed = True
     facts.torch_version = str(torch.__version__)
     facts.cuda_version = getattr(torch.version, "cuda", None)

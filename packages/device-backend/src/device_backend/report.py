@@ -56,7 +56,10 @@ def format_report(choice: Choice) -> str:
     shown_env = {k: v for k, v in f.env.items() if k.startswith(("PYTORCH_", "CUDA_VISIBLE", "TOKENIZERS"))}
     if shown_env:
         lines.append(f"  variables     : {' '.join(f'{k}={v}' for k, v in sorted(shown_env.items()))}")
-    lines.append(f"  probe         : {f.probe_seconds if f.probe_seconds is not None else '?'} s in this {f.probed_in}")
+    took = f"{f.probe_seconds:.2f} s" if f.probe_seconds is not None else "?"
+    if f.torch_import_seconds:
+        took += f" (importing torch: {f.torch_import_seconds:.2f} s)"
+    lines.append(f"  probe         : {took} in this {f.probed_in}")
     if choice.reasons:
         lines.append("Not chosen:")
         for reason in choice.reasons:
