@@ -208,3 +208,24 @@ def test_version_tuple():
     assert version_tuple("2.13.0a0+gitabc") == (2, 13, 0)
     assert version_tuple("14.4.1") == (14, 4, 1)
     assert version_tuple(None) == ()
+
+
+def test_auto_under_torchrun_starts_from_the_local_rank(profile):
+    facts = profile("cuda_a100")
+    facts.cuda_devices.append(CudaDevice(1, "NVIDIA A100-SXM4-80GB", (8, 0), 80 * GIB, 70 * GIB))
+    facts.cuda_device_count = 2
+    facts.env["LOCAL_RANK"] = "1"
+    choice = choose(facts)
+    assert choice.device == "cuda:1" and choice.memory_budget_bytes == 70 * GIB
+    facts.env["LOCAL_RANK"] = "5"  # one GPU per process: only cuda:0 visible to this rank
+    assert choose(facts).device == "cuda:0"
+
+
+def test_rocm_build_is_not_refused_for_its_gfx_arch_list(profile):
+    facts = profile("cuda_a100")
+    facts.hip_version = "6.2.41133"
+    facts.cuda_version = None
+    facts.cuda_arch_list = ["gfx90a", "gfx942"]
+    facts.cuda_devices[0].capability = (9, 4)
+    choice = choose(facts)
+    assert (choice.device, choice.dtype) == ("cuda:0", "bfloat16")

@@ -281,7 +281,11 @@ def cuda_status(facts: Facts, index: int | None = None) -> tuple[int, Reason | N
             "and CUDA_VISIBLE_DEVICES must name existing GPUs.",
         )
     devices = facts.cuda_devices or [CudaDevice(i, "unknown GPU", (0, 0), 0) for i in range(count)]
-    candidates = devices if index is None else [d for d in devices if d.index == index]
+    if index is None:  # under torchrun, each rank starts from its own GPU (LOCAL_RANK)
+        local = local_rank(facts)
+        candidates = sorted(devices, key=lambda d: d.index != local)
+    else:
+        candidates = [d for d in devices if d.index == index]
     if not candidates:
         return no(
             f"cuda:{index} was requested but torch sees {count} CUDA device(s) (cuda:0..cuda:{count - 1}).",
@@ -289,7 +293,7 @@ def cuda_status(facts: Facts, index: int | None = None) -> tuple[int, Reason | N
             at=index or 0,
         )
     for device in candidates:
-        if arch_supported(device.capability, facts.cuda_arch_list):
+        if facts.hip_version or arch_supported(device.capability, facts.cuda_arch_list):  # ROCm: gfx archs
             return device.index, None
     device = candidates[0]
     major, minor = device.capability
@@ -306,8 +310,8 @@ def cuda_status(facts: Facts, index: int | None = None) -> tuple[int, Reason | N
 def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
     """Whether a GPU of ``capability`` can run this build: a cubin of the same major and lower-or-equal minor
     (``sm_XY``), an exact arch-specific cubin (``sm_XYa``), or PTX of a lower-or-equal capability (``compute_XY``).
-    An empty list (unknown) counts as supported."""
-    if not arch_list:
+    A list without any CUDA arch (empty, unknown) counts as supported."""
+    if not any(arch.startswith(("sm_", "compute_")) for arch in arch_list):
         return True
     major, minor = capability
     have = major * 10 + minor
@@ -326,6 +330,12 @@ def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
         elif kind == "compute" and code <= have:
             return True
     return False
+
+
+def local_rank(facts: Facts) -> int:
+    """``LOCAL_RANK`` as recorded in the facts (set by torchrun), else 0."""
+    text = facts.env.get("LOCAL_RANK", "0").strip()
+    return int(text) if text.isdigit() else 0
 
 
 def hides_all_gpus(visible: str) -> bool:

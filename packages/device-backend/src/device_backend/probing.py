@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from device_backend.decision import local_rank
 from device_backend.facts import CudaDevice, Facts
 
 ENV_PREFIXES = ("PYTORCH_", "CUDA_", "HIP_", "ROCR_", "MPS_")
@@ -250,7 +251,9 @@ def _probe_cuda(torch, facts: Facts) -> None:
         except Exception as exc:  # noqa: BLE001 - a probe reports failures, it does not raise
             facts.cuda_error = _error(exc)
         return
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    local = local_rank(facts)
+    if local >= facts.cuda_device_count:  # one GPU per process through CUDA_VISIBLE_DEVICES
+        local = 0
     for index in range(facts.cuda_device_count):
         props = torch.cuda.get_device_properties(index)
         device = CudaDevice(
