@@ -152,3 +152,11 @@ def test_apply_imports_torch_only_when_it_has_work(monkeypatch):
     assert choice.device == "mps"
     with pytest.raises(ImportError):
         setup(probe_fn=apple_m2_macos14, subprocess_probe=False, memory_fraction=0.5)
+
+
+def test_no_retry_for_an_old_macos(sleeps):
+    from device_backend.profiles import macos_12_2
+
+    probe = FlakyProbe(works_from=1, base=macos_12_2)
+    choice = setup(probe_fn=probe, subprocess_probe=lambda: pytest.fail("subprocess probe ran"), apply=False)
+    assert probe.calls == 1 and choice.device == "cpu" and sleeps == []

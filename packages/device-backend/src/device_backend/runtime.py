@@ -8,8 +8,16 @@ import sys
 import time
 from collections.abc import Callable, MutableMapping
 
-from device_backend.decision import Choice, choose, cuda_status, hides_all_gpus, mps_status, parse_request
-from device_backend.facts import Facts
+from device_backend.decision import (
+    Choice,
+    choose,
+    cuda_status,
+    hides_all_gpus,
+    min_macos_for_mps,
+    mps_status,
+    parse_request,
+)
+from device_backend.facts import Facts, version_tuple
 
 log = logging.getLogger("device_backend")
 
@@ -112,6 +120,8 @@ def _worth_retrying(facts: Facts, kind: str, index: int | None) -> bool:
         facts.mps_built
         and facts.os == "Darwin"
         and not facts.rosetta
+        and facts.machine_arch == "arm64"
+        and version_tuple(facts.os_version) >= min_macos_for_mps(facts.torch_version)
         and (not facts.mps_available or facts.mps_allocation_ok is False)
     )
     visible = facts.env.get("CUDA_VISIBLE_DEVICES")
