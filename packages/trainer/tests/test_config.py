@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from starcoder_trainer.config import Config, ConfigError, load_config
 
 ROOT_CONFIG = Path(__file__).resolve().parents[3] / "config.yaml"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from starcoder_trainer import checkpoint as ckpt
 from starcoder_trainer.recipe import Recipe, read_metrics
 
