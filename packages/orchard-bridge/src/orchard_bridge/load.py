@@ -56,6 +56,8 @@ def load_library(path: str | os.PathLike[str], sha256: str) -> LoadResult:
     try:
         torch.ops.load_library(resolved)
     except (OSError, RuntimeError) as exc:
-        return LoadResult(False, explain_load_error(str(exc)), loader_error=f"{type(exc).__name__}: {exc}")
+        # torch wraps the dynamic loader's error ("Could not load this library: PATH"); its words are in the cause.
+        text = f"{exc}: {exc.__cause__}" if exc.__cause__ is not None else str(exc)
+        return LoadResult(False, explain_load_error(text), loader_error=f"{type(exc).__name__}: {text}")
     _loaded[resolved] = sha256
     return LoadResult(True, "loaded")

@@ -118,9 +118,24 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(mask)
 
 
+@torch.library.custom_op("orchard_bridge::flash_attention_backward", mutates_args=())
+def flash_attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loaded kernel's backward: (dq, dk, dv). Its own op, so that traced backward graphs see it too."""
+    dq, dk, dv = _require_kernel().backward(grad_out, q, k, v, mask, scale, causal)
+    return dq, dk, dv
+
+
+@flash_attention_backward.register_fake
+def _flash_attention_backward_fake(grad_out, q, k, v, mask, scale, causal):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 def _backward(ctx, grad_out, _grad_mask):
     q, k, v, mask = ctx.saved_tensors
-    dq, dk, dv = _require_kernel().backward(grad_out.contiguous(), q, k, v, mask, ctx.scale, ctx.causal)
+    dq, dk, dv = flash_attention_backward(grad_out.contiguous(), q, k, v, mask, ctx.scale, ctx.causal)
     return dq, dk, dv, None, None
 
 
