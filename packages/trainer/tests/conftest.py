@@ -163,6 +163,12 @@ def tiny_config(git_repo: Path):
 
 
 @pytest.fixture
+def tiny_overrides() -> list[str]:
+    """The tiny config as ``key=value`` strings (for --set on the command line)."""
+    return list(TINY)
+
+
+@pytest.fixture
 def quiet_log():
     """A log callable that keeps the lines (tests read them) instead of printing."""
     lines: list[str] = []

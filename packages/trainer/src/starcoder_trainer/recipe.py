@@ -385,7 +385,7 @@ class Recipe:
                     train_seconds += time.perf_counter() - tick
                     self._evaluate_and_log(self.step)
                     tick = time.perf_counter()
-                if (t.save_every and self.step % t.save_every == 0) or is_last:
+                if (t.save_every and self.step % t.save_every == 0 and not bad_run) or is_last:
                     train_seconds += time.perf_counter() - tick
                     self.save()
                     tick = time.perf_counter()
@@ -546,9 +546,17 @@ class Recipe:
         return summary
 
     def export_merged(self) -> Path:
-        """Base model with the LoRA adapters merged in, loadable with plain AutoModelForCausalLM."""
+        """Base model with the final adapters merged in (``<run>/merged/``), loadable with AutoModelForCausalLM.
+
+        Built from the last checkpoint on a fresh copy of the base, so the training model stays as it is.
+        """
+        from peft import PeftModel
+
         target = self.run_dir / "merged"
-        merged = self.dist.unwrap(self.model).merge_and_unload()
+        base_dir = self.run_dir / BASE_MODEL_DIR
+        source = base_dir if self.cfg.model.is_preset else None
+        base = build_model(self.cfg, self.tokenizer, attn_implementation="sdpa", source=source)
+        merged = PeftModel.from_pretrained(base, str(self.last_checkpoint)).merge_and_unload()
         merged.save_pretrained(target)
         self.tokenizer.save_pretrained(target)
         self.info(f"merged model: {target}")
