@@ -543,3 +543,28 @@ def test_tiny_tokenizer_is_trained_on_train_split_and_cached(tmp_path, monkeypat
     assert not first.report.cache_hit and second.report.cache_hit
     _, _, hit = prepare_tiny_tokenizer(repo, cfg, 600, cache_dir=cache)
     assert not hit
+
+
+def test_tokenizer_batches_are_bounded_and_cover_everything():
+    texts = ["a" * n for n in (5, 5, 5, 20, 1, 1, 1, 1)]
+    batches = list(data_mod._batches(texts, max_items=3, max_chars=12))
+    assert [len(b) for b in batches] == [2, 1, 1, 3, 1]
+    assert [t for b in batches for t in b] == texts
+    assert list(data_mod._batches([])) == []
+
+
+def test_backend_fast_path_gives_the_same_ids_as_the_tokenizer_call(tokenizer):
+    texts = [code_file(i, random.Random(i)) for i in range(6)] + ['s = "<|endoftext|><fim_middle>"\n', ""]
+    slow = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    tokenizer.backend_tokenizer.encode_special_tokens = False
+    assert data_mod._encode(tokenizer, texts) == slow
+    assert tokenizer.backend_tokenizer.encode_special_tokens is False  # restored
+
+    class Wrapped:  # no backend_tokenizer: the plain tokenizer call is used
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    assert data_mod._encode(Wrapped(tokenizer), texts) == slow

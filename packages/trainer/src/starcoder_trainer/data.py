@@ -489,18 +489,48 @@ class PackedDataset:
     report: DataReport
 
 
-def _encode(tokenizer, texts: list[str], batch_size: int = 256) -> list[list[int]]:
-    """Token ids of each text, in batches; special-token text in source files stays plain text."""
+def _batches(texts: list[str], max_items: int = 1024, max_chars: int = 16_000_000):
+    """Consecutive slices of ``texts`` bounded in count and characters (memory stays flat)."""
+    start, chars = 0, 0
+    for i, text in enumerate(texts):
+        if i > start and (i - start >= max_items or chars + len(text) > max_chars):
+            yield texts[start:i]
+            start, chars = i, 0
+        chars += len(text)
+    if start < len(texts):
+        yield texts[start:]
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, in batches; special-token text in source files stays plain text.
+
+    A fast tokenizer is driven through its Rust backend's ``encode_batch_fast`` (no
+    character offsets: about a third less work than ``tokenizer(texts)``, same ids)
+    when the backend has no truncation or padding of its own; anything else goes
+    through ``tokenizer(texts)``.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    direct = (
+        backend is not None
+        and hasattr(backend, "encode_batch_fast")
+        and backend.truncation is None
+        and backend.padding is None
+    )
     ids: list[list[int]] = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            add_special_tokens=False,
-            split_special_tokens=True,
-            return_attention_mask=False,
-            verbose=False,
+    if direct:
+        previous = backend.encode_special_tokens
+        backend.encode_special_tokens = True  # "<|endoftext|>" written in a file is text, not the eos token
+        try:
+            for batch in _batches(texts):
+                ids.extend(e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False))
+        finally:
+            backend.encode_special_tokens = previous
+        return ids
+    for batch in _batches(texts):
+        encoded = tokenizer(
+            batch, add_special_tokens=False, split_special_tokens=True, return_attention_mask=False, verbose=False
         )
-        ids.extend(batch["input_ids"])
+        ids.extend(encoded["input_ids"])
     return ids
 
 
@@ -533,9 +563,13 @@ def pack(docs: Sequence[Sequence[int]], seq_len: int):
     validation split) becomes a single shorter block [1, n_tokens] rather than
     nothing, when it holds at least 2 tokens. Returns (blocks, n_tokens).
     """
+    import itertools
+
+    import numpy as np
     import torch
 
-    stream = torch.tensor([t for doc in docs for t in doc], dtype=torch.long)
+    total = sum(len(doc) for doc in docs)
+    stream = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int64, count=total))
     n_tokens = stream.numel()
     n_blocks = n_tokens // seq_len
     if n_blocks:
