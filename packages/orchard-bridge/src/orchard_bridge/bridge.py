@@ -70,16 +70,14 @@ class BridgeStatus:
 
 
 def default_device() -> str:
-    """The device ``device_backend`` picks for this machine."""
-    import device_backend
+    """The device ``device_backend.setup()`` picks for this machine (asked not to change any process setting)."""
+    from device_backend import setup
 
-    setup = getattr(device_backend, "setup", None)
-    if setup is not None:
-        return str(setup("auto").device)
-    from device_backend.choose import choose  # before setup() existed
-    from device_backend.probe import probe
-
-    return str(choose(probe(), "auto").device)
+    try:
+        choice = setup("auto", apply=False)
+    except TypeError:  # an older setup() without the apply flag
+        choice = setup("auto")
+    return str(choice.device)
 
 
 def enable(
@@ -112,7 +110,7 @@ def enable(
     status.candidates = candidate_paths(root, library=library, metal_backend=metal_backend, env=env)
     kernel = _find_and_load(status, host or Host.current())
     if kernel is not None:
-        _prove(status, kernel, device, cache_dir if cache_dir is not None else _default_cache(root))
+        _prove(status, kernel, device, _cache_dir(cache_dir, root))
     ops.activate(kernel, torch.device(device).type, training=status.training_enabled, inference=status.inference_enabled)
     log.info("orchard_bridge: %s", status.reason)
     if mode == "require" and not status.training_enabled:
@@ -130,7 +128,11 @@ def _repo_root(explicit, env) -> Path | None:
         return None
 
 
-def _default_cache(root: Path | None) -> Path:
+def _cache_dir(value: str | os.PathLike[str] | None, root: Path | None) -> Path:
+    """``value`` (relative to the repository root, like every config path), else ``<root>/.cache/orchard``."""
+    if value is not None:
+        path = Path(value).expanduser()
+        return root / path if (root is not None and not path.is_absolute()) else path
     return root / CACHE_DIR if root is not None else Path(tempfile.gettempdir()) / "orchard-bridge-cache"
 
 
