@@ -80,7 +80,8 @@ def _train(cfg, resume: str | None) -> int:
     from starcoder_trainer.model import ModelLoadError
     from starcoder_trainer.recipe import NonFiniteLossError, Recipe
 
-    known: tuple[type[BaseException], ...] = (CheckpointError, ModelLoadError, NonFiniteLossError)
+    # MemoryError: the pre-flight estimate refused (train.refuse_if_over_budget) or the device ran out
+    known: tuple[type[BaseException], ...] = (CheckpointError, ModelLoadError, NonFiniteLossError, MemoryError)
     try:
         from device_backend import DeviceUnavailableError
 

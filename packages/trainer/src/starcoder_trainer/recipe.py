@@ -208,7 +208,7 @@ class Recipe:
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        self.optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas))
+        self.optimizer = make_adamw(groups, lr=t.lr, betas=tuple(t.betas))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             functools.partial(lr_factor, warmup=t.warmup_steps, total=t.max_steps, min_ratio=t.min_lr_ratio),
@@ -591,6 +591,14 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def make_adamw(groups, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one kernel for all parameters; CPU, CUDA and MPS), else the foreach one."""
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):  # a device or dtype the fused kernel does not support
+        return torch.optim.AdamW(groups, **kwargs)
 
 
 def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
