@@ -568,3 +568,33 @@ def test_backend_fast_path_gives_the_same_ids_as_the_tokenizer_call(tokenizer):
             return self.inner(*args, **kwargs)
 
     assert data_mod._encode(Wrapped(tokenizer), texts) == slow
+
+
+def test_odd_file_names_and_broken_links(tmp_path, tokenizer):
+    repo = make_repo(tmp_path / "repo", {"plain.py": "p = 1\n", "with space.py": "s = 2\n", "new\nline.py": "n = 3\n"})
+    odd = os.fsdecode(b"caf\xe9.py")  # not UTF-8: git -z and os.fsdecode keep it as a surrogate escape
+    (repo / odd).write_text("c = 4\n")
+    os.symlink("loop.py", repo / "loop.py")  # a link to itself
+    os.symlink("gone.py", repo / "dangling.py")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "odd names")
+    selection = collect_files(repo, DataConfig())
+    assert sorted(f.path for f in selection.kept) == sorted([odd, "new\nline.py", "plain.py", "with space.py"])
+    assert selection.skipped["missing"] == 2 and selection.skipped["symlink_outside"] == 0
+    (repo / odd).write_text("c = 5\n")  # dirty: the cache key hashes paths and contents
+    ds = build_dataset(repo, DataConfig(seq_len=4, fim_rate=1.0), tokenizer, cache_dir=tmp_path / "cache")
+    assert ds.report.dirty and ds.report.files_kept == 4 and ds.report.fim_files == 4
+
+
+def test_unreadable_file_counts_as_missing(tmp_path, monkeypatch):
+    repo = make_repo(tmp_path / "repo", {"a.py": "a = 1\n", "secret.py": "s = 1\n"})
+    real_read = Path.read_bytes
+
+    def read_bytes(self):  # chmod 000 would not stop root, so the permission error is injected
+        if self.name == "secret.py":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    selection = collect_files(repo, DataConfig())
+    assert [f.path for f in selection.kept] == ["a.py"] and selection.skipped["missing"] == 1

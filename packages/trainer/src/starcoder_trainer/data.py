@@ -40,7 +40,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "submodule",  # a gitlink (mode 160000): another repository's folder
     "excluded",  # include/exclude globs or extensions
     "symlink_outside",  # a symlink whose target lies outside data.repo
-    "missing",  # listed by git but absent (or not a file) in the working tree
+    "missing",  # listed by git but absent, unreadable or not a file in the working tree
     "too_large",  # larger than data.max_file_bytes
     "binary",  # NUL bytes, or not valid UTF-8
     "empty",  # nothing but whitespace
@@ -260,6 +260,14 @@ class _Filter:
         return not self.extensions or path.rsplit("/", 1)[-1].lower().endswith(self.extensions)
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether the symlink ``path`` resolves to somewhere under ``root``."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13): counted as "missing" next
+        return True
+
+
 def _longest_line(text: str) -> int:
     return max(map(len, text.split("\n")), default=0)
 
@@ -284,14 +292,18 @@ def collect_files(repo: Path, cfg: DataConfig) -> Selection:
             reason = "submodule"
         elif not wanted.keeps(path):
             reason = "excluded"
-        elif mode == "120000" and not full.resolve().is_relative_to(root):
+        elif mode == "120000" and not _inside(full, root):
             reason = "symlink_outside"
         elif not full.is_file():
             reason = "missing"
         elif full.stat().st_size > cfg.max_file_bytes:
             reason = "too_large"
         if reason is None:
-            data = full.read_bytes()
+            try:
+                data = full.read_bytes()
+            except OSError:
+                skipped["missing"] += 1
+                continue
             try:
                 text = None if b"\0" in data else data.decode("utf-8")
             except UnicodeDecodeError:
@@ -326,7 +338,7 @@ def collect_files(repo: Path, cfg: DataConfig) -> Selection:
 
 
 def _split_score(path: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+    digest = hashlib.sha256(f"{seed}:{path}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -401,7 +413,7 @@ def _content_digest(train: Sequence[SourceFile], val: Sequence[SourceFile]) -> s
     digest = hashlib.sha256()
     for side, files in (("train", train), ("val", val)):
         for f in files:
-            digest.update(f"{side}\0{f.path}\0{f.sha256}\n".encode())
+            digest.update(f"{side}\0{f.path}\0{f.sha256}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -640,11 +652,12 @@ def build_dataset(
             return key, None
         try:
             train, val, report = _load_cached(path)
+            report.update(cache_hit=True, cache_key=key, seconds=time.perf_counter() - started)
+            report = DataReport(**report)
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:  # damaged: rebuild it
             log.warning("data cache %s unreadable (%s); rebuilding it", path, exc)
             return key, None
-        report.update(cache_hit=True, cache_key=key, seconds=time.perf_counter() - started)
-        return key, PackedDataset(train=train, val=val, report=DataReport(**report))
+        return key, PackedDataset(train=train, val=val, report=report)
 
     key, hit = cached(_source_for_key(state, None))
     if hit is not None:

@@ -66,7 +66,7 @@ def plan_fim(text: str, path: str, seed: int, fim_rate: float, spm_rate: float) 
     """Decide, reproducibly for (seed, path), whether and how ``text`` is FIM-transformed."""
     if fim_rate <= 0.0:
         return None
-    rng = random.Random(f"fim:{seed}:{path}")
+    rng = random.Random(f"fim:{seed}:{path}".encode("utf-8", "surrogateescape"))  # paths may hold any bytes
     if rng.random() >= fim_rate:
         return None
     a, b = sorted((rng.randint(0, len(text)), rng.randint(0, len(text))))
