@@ -177,7 +177,10 @@ class Selection:
 
 def _git(repo: Path, *args: str) -> bytes:
     try:
-        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
+        # --no-optional-locks: `git status` must not take index.lock while the user's own git runs
+        done = subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(repo), *args], capture_output=True, check=False
+        )
     except FileNotFoundError as exc:
         raise DataError("git is not installed or not on PATH; the data pipeline lists files with git ls-files") from exc
     if done.returncode != 0:
