@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 from starcoder_trainer.tokenizer import (
     EOS_TOKEN,
@@ -73,3 +77,15 @@ def test_save_pretrained_loads_with_auto_tokenizer(tokenizer, tmp_path):
 def test_too_small_vocab_is_refused():
     with pytest.raises(ValueError, match=f"vocab_size must be an integer >= {MIN_VOCAB_SIZE}"):
         train_tokenizer(TEXTS, 100)
+
+
+def test_training_is_deterministic_across_processes(tokenizer, tmp_path):
+    # Rust hash maps are seeded per process: the merges must not depend on it
+    corpus = tmp_path / "texts.json"
+    corpus.write_text(json.dumps(TEXTS))
+    code = (
+        "import json, sys; from starcoder_trainer.tokenizer import train_tokenizer, tokenizer_fingerprint; "
+        "print(tokenizer_fingerprint(train_tokenizer(json.load(open(sys.argv[1])), 400)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(corpus)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == tokenizer_fingerprint(tokenizer)
