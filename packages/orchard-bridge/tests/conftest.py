@@ -42,13 +42,16 @@ def _build_root() -> Path:
     return root / f"torch-{torch.__version__.replace('+', '_')}"
 
 
-def _build(variant: str) -> Path:
+def _built_path(variant: str) -> tuple[Path, bool]:
+    """Where the variant's library lies, and whether it is newer than its source."""
+    built = _build_root() / variant / f"orchard_fixture_{variant}.so"
+    return built, built.is_file() and built.stat().st_mtime > SOURCE.stat().st_mtime
+
+
+def _start_build(variant: str) -> subprocess.Popen:
     folder = _build_root() / variant
     folder.mkdir(parents=True, exist_ok=True)
     name = f"orchard_fixture_{variant}"
-    built = folder / f"{name}.so"
-    if built.is_file() and built.stat().st_mtime > SOURCE.stat().st_mtime:
-        return built  # up to date: skip even the subprocess
     code = textwrap.dedent(
         f"""
         from torch.utils.cpp_extension import load
@@ -56,26 +59,44 @@ def _build(variant: str) -> Path:
                    extra_cflags=["-O1", "-DORCHARD_FIXTURE_{variant.upper()}"], is_python_module=False))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"building the {variant} fixture library failed:\n{proc.stdout}\n{proc.stderr}")
-    path = Path(proc.stdout.strip().splitlines()[-1])
-    assert path.is_file(), proc.stdout
-    return path
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.fixture(scope="session")
 def fixture_library():
-    """``fixture_library("v2_good") -> Path`` of the compiled library (built on first use)."""
+    """``fixture_library("v2_good") -> Path`` of the compiled library.
+
+    The first call starts the builds of every stale variant at once (each in its own process, so they use all
+    cores), then waits for the one asked for.
+    """
     built: dict[str, Path] = {}
+    running: dict[str, subprocess.Popen] = {}
 
     def get(variant: str) -> Path:
         assert variant in VARIANTS, variant
+        if variant in built:
+            return built[variant]
+        if not running:
+            for name in VARIANTS:
+                path, fresh = _built_path(name)
+                if fresh:
+                    built[name] = path
+                else:
+                    running[name] = _start_build(name)
         if variant not in built:
-            built[variant] = _build(variant)
+            proc = running.pop(variant)
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                pytest.fail(f"building the {variant} fixture library failed:\n{out}\n{err}")
+            built[variant] = Path(out.strip().splitlines()[-1])
+            assert built[variant].is_file(), out
         return built[variant]
 
-    return get
+    yield get
+    for proc in running.values():  # builds nobody asked for: let them finish (they are cached for next time)
+        proc.communicate()
 
 
 def make_repo(root: Path) -> Path:
