@@ -6,6 +6,7 @@ with plain transformers (AutoModelForCausalLM / AutoTokenizer) giving the same l
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -54,3 +55,28 @@ def test_one_step_trains_and_writes_a_loadable_checkpoint(tiny_config, quiet_log
     trained = recipe.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, trained(ids).logits, rtol=0, atol=0)
+
+
+def test_lr_schedule_warms_up_from_the_first_step_then_decays_to_the_floor():
+    from starcoder_trainer.recipe import lr_factor
+
+    f = [lr_factor(s, warmup=4, total=20, min_ratio=0.1) for s in range(21)]
+    assert f[0] == 0.2 and f[3] == 0.8 and f[4] == 1.0  # warm-up: 1/5 .. 4/5, then the peak
+    assert all(a >= b for a, b in itertools.pairwise(f[4:]))  # cosine never rises
+    assert math.isclose(f[20], 0.1) and math.isclose(f[12], 0.55)
+
+
+def test_loss_plot_is_written_when_matplotlib_is_installed(tmp_path):
+    import json
+
+    import pytest
+
+    pytest.importorskip("matplotlib", reason="loss.png needs matplotlib (pip install 'starcoder-trainer[plot]')")
+    from starcoder_trainer.recipe import plot_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(
+        "\n".join(json.dumps(r) for r in [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}, {"step": 2, "val_loss": 4.2}])
+    )
+    out = plot_metrics(metrics, tmp_path / "loss.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -418,7 +418,12 @@ class Recipe:
         starts = list(range(0, n, bs))
         if self.cfg.train.eval_batches:
             starts = starts[: self.cfg.train.eval_batches]
-        mine = [starts[i] for i in self.dist.shard(len(starts))]
+        world = self.dist.world_size
+        if len(starts) >= world:  # the same number of batches on every rank (FSDP forwards are collective)
+            starts = starts[: len(starts) - len(starts) % world]
+            mine = [starts[i] for i in self.dist.shard(len(starts))]
+        else:  # fewer batches than ranks: every rank evaluates all of them (the mean is unchanged)
+            mine = starts
         self.model.eval()
         total = torch.zeros((), device=self.device)
         for s in mine:
