@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from orchard_bridge.abi import identify
 from orchard_bridge.conformance import CHECK_VERSION, ConformanceCache, ConformanceResult, run_conformance
@@ -69,6 +70,7 @@ def test_kernel_that_raises_fails_with_its_words(make_python_kernel):
     result = run_conformance(kernel, "cpu")
     assert not result.forward_ok and not result.backward_ok
     assert "forward raised RuntimeError: Could not run" in result.forward_error
+    assert result.backward_max_error is None and result.backward_error == "not run: the forward failed"
 
 
 def test_wrong_forward_fails(make_python_kernel):
@@ -94,3 +96,10 @@ def test_cache_round_trip_and_key(tmp_path):
         assert cache.get(other) is None
     path.write_text("{not json")
     assert cache.get(key) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unusable_device_fails_both_with_the_reason(make_python_kernel):
+    result = run_conformance(make_python_kernel(), "cuda:0")
+    assert not result.forward_ok and not result.backward_ok
+    assert result.forward_error.startswith("the SDPA reference cannot run on cuda:0")

@@ -68,17 +68,23 @@ def run_conformance(kernel: Kernel, device: str, *, seed: int = 0) -> Conformanc
     """Run every case on ``device``; a kernel that raises fails that capability with the error text."""
     result = ConformanceResult(device=str(device), backward_tested=kernel.abi.has_backward)
     fwd_ok, bwd_ok = True, kernel.abi.has_backward
-    fwd_err, bwd_err = 0.0, 0.0
+    fwd_err, bwd_err, bwd_ran = 0.0, 0.0, 0
     gen = torch.Generator().manual_seed(seed)
     for b, h, s, d in CASES:
         for causal in (False, True):
             result.cases += 1
             label = f"B={b} H={h} S={s} D={d} causal={causal}"
-            q, k, v, g = (torch.randn(b, h, s, d, generator=gen).to(device) for _ in range(4))
             scale = d**-0.5
-            qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
-            ref = F.scaled_dot_product_attention(qr, kr, vr, is_causal=causal, scale=scale)
-            ref_grads = torch.autograd.grad(ref, (qr, kr, vr), g)
+            try:
+                q, k, v, g = (torch.randn(b, h, s, d, generator=gen).to(device) for _ in range(4))
+                qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+                ref = F.scaled_dot_product_attention(qr, kr, vr, is_causal=causal, scale=scale)
+                ref_grads = torch.autograd.grad(ref, (qr, kr, vr), g)
+            except Exception as exc:  # noqa: BLE001 - the device itself is unusable: nothing can be proven
+                why = f"the SDPA reference cannot run on {device}: {type(exc).__name__}: {exc}"
+                result.forward_error = result.backward_error = why
+                result.forward_ok = result.backward_ok = False
+                return result
             try:
                 with torch.no_grad():
                     out, mask = kernel.forward(q, k, v, scale, causal)
@@ -103,12 +109,15 @@ def run_conformance(kernel: Kernel, device: str, *, seed: int = 0) -> Conformanc
                 ok, err = False, float("inf")
                 result.backward_error = result.backward_error or f"{label}: backward raised {type(exc).__name__}: {exc}"
             bwd_err = max(bwd_err, err)
+            bwd_ran += 1
             if not ok and bwd_ok:
                 result.backward_error = result.backward_error or f"{label}: gradient max error {err:.3g}"
             bwd_ok = bwd_ok and ok
     result.forward_ok, result.forward_max_error = fwd_ok, fwd_err
     if kernel.abi.has_backward:
-        result.backward_ok, result.backward_max_error = bwd_ok, bwd_err
+        result.backward_ok, result.backward_max_error = bwd_ok and bwd_ran > 0, bwd_err if bwd_ran else None
+        if not bwd_ran:
+            result.backward_error = result.backward_error or "not run: the forward failed"
     else:
         result.backward_error = f"ABI {kernel.abi.name}: {kernel.abi.detail}"
     return result
