@@ -173,7 +173,11 @@ class Recipe:
         self.info(f"run folder: {self.run_dir}" + (f" (resuming {point.path.name})" if point.path else ""))
 
         # 5. Data: tracked files -> tokenizer (trained for the preset, else the model's) -> packed blocks.
-        from starcoder_trainer.data import build_dataset, prepare_tiny_tokenizer
+        from starcoder_trainer.data import (
+            DataError,
+            build_dataset,
+            prepare_tiny_tokenizer,
+        )
 
         cache_dir = cfg.path(cfg.data.cache_dir) if cfg.data.cache_dir else None
         collected = None
@@ -191,7 +195,7 @@ class Recipe:
         self.train_blocks = self.data.train
         self.val_blocks = self.data.val
         if len(self.train_blocks) == 0:
-            raise ValueError("data: the training split holds no block; add files (data.include) or lower data.seq_len")
+            raise DataError("data: the training split holds no block; add files (data.include) or lower data.seq_len")
 
         # 6. Model: fresh (preset / hub id / folder) or the checkpoint's weights; LoRA adapters on top.
         self.model = self._build_model()
