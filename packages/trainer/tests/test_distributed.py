@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from starcoder_trainer import distributed as D
 from starcoder_trainer.distributed import DistContext, DistributedError, init_distributed
 

@@ -8,7 +8,7 @@ Not a test module by itself (it defines no tests): the tests launch it with
 
 SPEC keys: out (folder), strategy, steps, batch (global micro-batch), accum,
 seq, blocks, layers, width, heads, vocab, save_at (step or null), resume (checkpoint file or null),
-time (bool: record tokens/s).
+threads (torch threads per process). It writes losses.json (with tokens/s from the second step on).
 """
 
 from __future__ import annotations
@@ -49,12 +49,11 @@ def make_blocks(spec: dict):
 
 def main(spec_path: str) -> int:
     import torch
-
     from starcoder_trainer.distributed import init_distributed
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
-    torch.set_num_threads(1)
+    torch.set_num_threads(spec.get("threads", 1))
     ctx = init_distributed(spec.get("strategy"), "cpu")
     try:
         model = ctx.wrap(build_model(spec))
@@ -73,7 +72,10 @@ def main(spec_path: str) -> int:
         order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(2))
         mine = order[list(ctx.shard(len(order)))]
         losses, tokens, t0 = [], 0, time.perf_counter()
+        timed_tokens, timed_from = 0, None  # tokens/s from the second step on (the first warms up)
         for step in range(start, spec["steps"]):
+            if step == start + 1:
+                timed_from = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for micro in range(accum):
@@ -84,6 +86,7 @@ def main(spec_path: str) -> int:
                     loss.backward()
                 step_loss += float(loss.detach())
                 tokens += x.numel() * ctx.world_size
+                timed_tokens += x.numel() * ctx.world_size if timed_from is not None else 0
             ctx.clip_grad_norm_(model, 1.0)
             optimizer.step()
             losses.append(ctx.all_reduce_mean(step_loss))
@@ -97,12 +100,21 @@ def main(spec_path: str) -> int:
                     torch.save(state, out / "checkpoint.pt")
                 ctx.barrier()
         elapsed = time.perf_counter() - t0
+        timed = time.perf_counter() - timed_from if timed_from is not None else None
 
         full = ctx.model_state_for_save(model)
         if ctx.is_main:
             torch.save(full, out / "final.pt")
             (out / "losses.json").write_text(
-                json.dumps({"losses": losses, "tokens": tokens, "seconds": elapsed, "world": ctx.world_size})
+                json.dumps(
+                    {
+                        "losses": losses,
+                        "tokens": tokens,
+                        "seconds": elapsed,
+                        "world": ctx.world_size,
+                        "tokens_per_s": timed_tokens / timed if timed else None,
+                    }
+                )
             )
         if ctx.strategy != "fsdp":  # every rank's own copy, to compare bitwise
             local = {k: v.detach().cpu() for k, v in ctx.unwrap(model).state_dict().items()}

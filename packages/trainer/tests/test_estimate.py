@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from starcoder_trainer import estimate as E
 from starcoder_trainer.estimate import EstimateError, LoraSpec, ModelShape, estimate
 
