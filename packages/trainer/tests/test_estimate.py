@@ -173,7 +173,7 @@ def test_unknown_architecture_and_bad_settings_are_refused():
 
 
 def _config(name="tiny-starcoder", **train):
-    tiny = SimpleNamespace(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=64)
+    tiny = SimpleNamespace(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=64, dropout=0.1)
     lora = SimpleNamespace(enabled=False, r=8, dropout=0.05, target_modules=None)
     model = SimpleNamespace(
         name=name, is_preset=name == "tiny-starcoder", tiny=tiny, lora=lora, gradient_checkpointing=False,

@@ -456,15 +456,15 @@ def shape_for(config, repo_root: str | os.PathLike[str] | None = None) -> ModelS
     """The model's shape for a trainer Config: the tiny preset, a local folder's config.json, or a hub id."""
     model = config.model
     if model.is_preset:
-        t = model.tiny
-        from transformers import GPTBigCodeConfig  # the preset's defaults (dropout) come from here
+        from starcoder_trainer.model import preset_config  # the very config the trainer builds
 
-        return ModelShape.from_config(
-            GPTBigCodeConfig(
-                vocab_size=t.vocab_size, n_positions=t.n_positions, n_embd=t.n_embd, n_layer=t.n_layer,
-                n_head=t.n_head, multi_query=True, bos_token_id=0, eos_token_id=0,
-            )
-        )
+        class _Vocab:  # what preset_config reads from the tokenizer trained later
+            eos_token_id = pad_token_id = 0
+
+            def __len__(self) -> int:
+                return model.tiny.vocab_size
+
+        return ModelShape.from_config(preset_config(model, _Vocab()))
     name = str(model.name)
     folder = Path(name).expanduser()
     if not folder.is_absolute() and repo_root is not None:
