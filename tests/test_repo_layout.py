@@ -59,8 +59,9 @@ def test_no_tracked_file_names_a_machine_path(root):
 
 def test_machine_path_pattern_catches_what_it_must():
     # built at run time so this file does not itself hold such a path
-    assert MACHINE_PATH.search("lib = '" + "/".join(["", "Users", "ian", "Apple-Metal-Orchard", "x.dylib"]) + "'")
-    assert MACHINE_PATH.search("cd " + "/".join(["", "home", "runner", "work"]))
+    users, home = "Users", "home"
+    assert MACHINE_PATH.search(f"lib = '/{users}/ian/Apple-Metal-Orchard/x.dylib'")
+    assert MACHINE_PATH.search(f"cd /{home}/runner/work")
     assert not MACHINE_PATH.search("see the home/ folder or Users/ docs")
 
 
