@@ -8,6 +8,9 @@ baseline; predicted = ``starcoder_trainer.estimate.estimate(...).peak``. Target:
 20%.
 
     python packages/trainer/benchmarks/bench_estimate.py --out runs/bench
+    python packages/trainer/benchmarks/bench_estimate.py --out runs/bench --device cuda [--dtype bfloat16]
+
+On CUDA the measured figure is ``torch.cuda.max_memory_allocated()`` (record estimate_cuda.json).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def _status(field: str) -> int:
 def child(spec: dict) -> dict:
     import torch
 
+    if spec.get("device") == "cuda":
+        return child_cuda(spec)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     # Warm-up on a micro model: the first forward/backward imports more of transformers (and peft) and
     # starts torch's thread pools; that is process start-up, not the cost of the model being measured.
@@ -64,6 +69,25 @@ def child(spec: dict) -> dict:
         "measured": _status("VmHWM") - baseline,
         "baseline_rss": baseline,
         "hwm_reset": reset,
+        "seconds": seconds,
+        "config": config.to_dict(),
+    }
+
+
+def child_cuda(spec: dict) -> dict:
+    """CUDA: measured = torch.cuda.max_memory_allocated() minus what was allocated before the model."""
+    import torch
+
+    _train(spec | {"layers": 1, "width": 32, "heads": 2, "vocab": 64, "seq": 16, "batch": 1}, steps=1)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    config, seconds = _train(spec, steps=STEPS)
+    torch.cuda.synchronize()
+    return {
+        "measured": torch.cuda.max_memory_allocated() - baseline,
+        "baseline_allocated": baseline,
         "seconds": seconds,
         "config": config.to_dict(),
     }
@@ -88,14 +112,18 @@ def _train(spec: dict, steps: int):
         model = get_peft_model(
             model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["c_attn", "c_proj", "c_fc"])
         )
-    model.train()
+    device = spec.get("device", "cpu")
+    model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    x = torch.randint(0, spec["vocab"], (spec["batch"], spec["seq"]))
+    x = torch.randint(0, spec["vocab"], (spec["batch"], spec["seq"]), device=device)
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    autocast = torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32)
     t0 = time.perf_counter()
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=x, labels=x).loss
+        with autocast:
+            loss = model(input_ids=x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -122,7 +150,8 @@ def predict(spec: dict, config: dict) -> dict:
         seq_len=spec["seq"],
         gradient_checkpointing=bool(spec.get("gradient_checkpointing")),
         lora=LoraSpec(r=8, dropout=0.05) if spec.get("lora") else None,
-        device_type="cpu",
+        device_type=spec.get("device", "cpu"),
+        dtype=spec.get("dtype", "float32"),
     )
     return est.to_dict()
 
@@ -135,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "--malloc-default", action="store_true",
         help="also measure with glibc's default (dynamic) mmap threshold, recorded for information (slower)",
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to measure (cuda: max_memory_allocated)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype (cuda)")
     parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     args = parser.parse_args(argv)
     if args.child:
@@ -147,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         if wanted and name not in wanted:
             continue
         spec = {"layers": layers, "width": width, "heads": heads, "vocab": vocab, "seq": seq, "batch": batch, **extra}
+        spec |= {"device": args.device, "dtype": args.dtype}
         got = _measure(name, spec, {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)})
-        plain = _measure(name, spec, {}) if args.malloc_default else None
+        plain = _measure(name, spec, {}) if args.malloc_default and args.device == "cpu" else None
         est = predict(spec, got.pop("config"))
         error = est["peak"] / got["measured"] - 1
         row = {"case": name, **spec, **got, "predicted": est["peak"], "error": error, "estimate": est}
@@ -180,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "estimate.json").write_text(json.dumps(record, indent=2))
+    record["device"] = args.device
+    if args.device == "cuda":
+        record["name"] = "estimate_cuda"
+        record["baseline"]["what"] = "torch.cuda.max_memory_allocated() minus allocated before the model"
+    (out / f"{record['name']}.json").write_text(json.dumps(record, indent=2))
     print(f"worst error {worst:.1%} (target {TARGET:.0%}): {'PASS' if record['pass'] else 'FAIL'}")
     return 0
 

@@ -4,9 +4,10 @@ The multi-process tests launch ``test_distributed_worker.py`` (a minimal loop ov
 DistContext on a tiny GPTBigCode) with torchrun and compare with one process:
 
 - DDP: parameters bitwise identical across ranks; losses within LOSS_TOL of the
-  single-process run with the same global batch; its checkpoint resumes in one process.
-- FSDP (FSDP2 fully_shard): same loss check; its checkpoint resumes in one process,
-  and a single-process checkpoint resumes under FSDP.
+  single-process run with the same global batch; its checkpoint has the single-process layout.
+- FSDP (FSDP2 fully_shard): same loss check; its gathered checkpoint has the single-process
+  keys and layout, and a single-process checkpoint resumes under FSDP.
+(test_distributed_cli.py resumes 2-process checkpoints of the real CLI in one process.)
 """
 
 from __future__ import annotations
@@ -153,10 +154,10 @@ def test_ddp_two_processes_match_one_and_resume_in_one(single, tmp_path):
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks diverged"
     ref = torch.load(single_dir / "final.pt", weights_only=True)
     assert all(torch.allclose(rank0[k], ref[k], atol=PARAM_TOL) for k in ref)
-
-    # The checkpoint written by 2 processes at step 2 resumes in 1 and reaches the same losses.
-    resumed = _run(tmp_path / "resume1", 1, resume=str(tmp_path / "ddp" / "checkpoint.pt"), save_at=None)
-    _assert_close(resumed["losses"], two["losses"][2:])
+    # Its checkpoint matches the single-process layout (resuming it in one process: test_distributed_cli).
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
+    plain = torch.load(single_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"] == plain["optimizer"]["param_groups"]
 
 
 def test_fsdp_two_processes_checkpoint_saved_and_reloaded(single, tmp_path):
@@ -174,8 +175,6 @@ def test_fsdp_two_processes_checkpoint_saved_and_reloaded(single, tmp_path):
     assert ckpt["optimizer"]["param_groups"] == plain["optimizer"]["param_groups"]
     assert ckpt["optimizer"]["state"].keys() == plain["optimizer"]["state"].keys()
 
-    # FSDP (2) -> one process, and one process -> FSDP (2): both reach the uninterrupted losses.
-    one_from_fsdp = _run(tmp_path / "r1", 1, resume=str(tmp_path / "fsdp" / "checkpoint.pt"), save_at=None)
-    _assert_close(one_from_fsdp["losses"], one["losses"][2:])
+    # One process -> FSDP (2) reaches the uninterrupted losses (FSDP -> one: test_distributed_cli).
     fsdp_from_one = _run(tmp_path / "r2", 2, strategy="fsdp", resume=str(single_dir / "checkpoint.pt"), save_at=None)
     _assert_close(fsdp_from_one["losses"], one["losses"][2:])

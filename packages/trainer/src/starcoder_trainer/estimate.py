@@ -281,7 +281,7 @@ def estimate(
 
     tokens = batch_size * seq_len
     math_path = _math_attention(shape, device_type, attention)
-    saved, saved_ckpt_peak = _activation_bytes(shape, batch_size, seq_len, dtype, lora, math_path)
+    saved, saved_ckpt_peak, block = _activation_bytes(shape, batch_size, seq_len, dtype, lora, math_path)
     attn_saved, attn_transient = _attention_bytes(shape, batch_size, seq_len, dtype, math_path)
     act_full = saved
     act_ckpt = saved_ckpt_peak
@@ -296,7 +296,11 @@ def estimate(
     # Peak: backward starting (gradients exist already when accumulating) vs the optimizer step.
     largest = shape.vocab_size * shape.hidden_size if not lora else 0  # the (tied) embedding's gradient
     held_grads = gradients if grad_accum_steps > 1 else 4 * largest // shard
-    backward = activations + attention_bytes + loss_head + held_grads
+    if gradient_checkpointing:
+        # The loss head's backward ends before the last block is recomputed: the two do not overlap.
+        backward = activations - block + max(loss_head, block + attention_bytes) + held_grads
+    else:
+        backward = activations + attention_bytes + loss_head + held_grads
     step = gradients + (4 * largest // shard if optimizer == "adamw" else 0)  # one parameter's update temporaries
     peak = weights + optimizer_bytes + max(backward, step)
 
@@ -344,8 +348,8 @@ def _math_attention(shape: ModelShape, device_type: str, attention: str) -> bool
     return device_type == "mps"  # MPS SDPA materialises the scores; CUDA kernels take dropout
 
 
-def _activation_bytes(shape, batch, seq, dtype, lora, math_path) -> tuple[int, int]:
-    """(saved without checkpointing, peak saved with checkpointing), attention scores and loss head excluded.
+def _activation_bytes(shape, batch, seq, dtype, lora, math_path) -> tuple[int, int, int]:
+    """(saved without checkpointing, peak saved with checkpointing, one block), scores and loss head excluded.
 
     Counted per token, tensor by tensor, as autograd keeps them for transformers' blocks.
     """
@@ -390,7 +394,7 @@ def _activation_bytes(shape, batch, seq, dtype, lora, math_path) -> tuple[int, i
         masks = sum(fan_in for name, (fan_in, _) in lora.targets(shape).items() if name in first)
         saved -= tokens * ((d + (masks if lora.dropout > 0 else 0)) * b + 8)
     checkpointed = shape.num_layers * tokens * d * b + block + around
-    return saved, checkpointed
+    return saved, checkpointed, block
 
 
 def _attention_bytes(shape, batch, seq, dtype, math_path) -> tuple[int, int]:
