@@ -219,3 +219,14 @@ def test_preflight_warns_or_refuses():
     logged.clear()
     assert E.preflight(_config(), _choice(64 * E.GIB), log=logged.append).fits is True
     assert "predicted peak" in logged[0]
+
+
+def test_several_processes_split_the_batch_and_share_the_cpu(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    one = E.from_config(_config(), _choice(8 * E.GIB), world_size=1)
+    two = E.from_config(_config(strategy="fsdp"), _choice(8 * E.GIB), world_size=2)
+    assert (one.batch_size, two.batch_size) == (4, 2)  # train.batch_size is the global micro-batch
+    assert two.strategy == "fsdp" and two.weights == one.weights // 2
+    assert two.budget == 4 * E.GIB and "2 processes" in two.budget_source  # two processes share the RAM
+    ddp = E.from_config(_config(), _choice(8 * E.GIB), world_size=2)
+    assert ddp.strategy == "ddp" and ddp.weights == one.weights

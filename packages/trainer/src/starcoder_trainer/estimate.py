@@ -501,19 +501,25 @@ def from_config(config, choice=None, *, repo_root=None, world_size: int | None =
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
     strategy = config.train.strategy if world > 1 else "none"
     strategy = "ddp" if strategy == "auto" else strategy
+    budget = getattr(choice, "memory_budget_bytes", None)
+    source = getattr(choice, "memory_budget_source", "")
+    device_type = getattr(choice, "device_type", "cpu")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or world
+    if budget is not None and device_type == "cpu" and local > 1:
+        budget, source = budget // local, f"{source} / {local} processes on this machine"
     return estimate(
         shape,
-        batch_size=config.train.batch_size,
+        batch_size=max(1, -(-config.train.batch_size // world)),  # train.batch_size is split over the processes
         seq_len=config.data.seq_len,
         dtype=getattr(choice, "dtype", "float32"),
         gradient_checkpointing=config.model.gradient_checkpointing,
         lora=lora,
         grad_accum_steps=config.train.grad_accum_steps,
-        device_type=getattr(choice, "device_type", "cpu"),
+        device_type=device_type,
         world_size=world,
         strategy=strategy,
-        budget=getattr(choice, "memory_budget_bytes", None),
-        budget_source=getattr(choice, "memory_budget_source", ""),
+        budget=budget,
+        budget_source=source,
         model_name=str(config.model.name),
     )
 
