@@ -16,10 +16,11 @@ How the loop uses it, in order:
 2. ``model = ctx.wrap(model)`` after moving the model to its device and
    *before* creating the optimizer (FSDP replaces the parameters).
 3. Data: ``ctx.shard(n)`` gives this rank's positions among ``n`` items, strided
-   (``rank, rank + world, ...``). Shard the shuffled order of the packed blocks
-   and read ``ctx.per_rank_batch(batch_size)`` blocks per micro-step: the union
-   over ranks of micro-step ``j`` is exactly micro-batch ``j`` of a single
-   process with the same config, so the global batch and the losses match.
+   (``rank, rank + world, ...``). ``train.batch_size`` is the global micro-batch:
+   each rank takes ``ctx.shard(batch_size)`` of every micro-batch a single process
+   would read (``ctx.per_rank_batch`` checks it divides), so the global batch and
+   the losses match one process. (Sharding the whole shuffled order and reading
+   ``per_rank_batch`` blocks per micro-step gives the same batches.)
 4. Each micro-step runs inside ``with ctx.no_sync(model, sync=is_last_micro_step):``
    so gradients are all-reduced once per optimizer step, not per micro-step.
 5. ``ctx.clip_grad_norm_(model, max_norm)`` (works for sharded gradients too),
