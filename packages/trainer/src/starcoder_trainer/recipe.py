@@ -320,7 +320,7 @@ class Recipe:
         start_step = self.step
         accum = t.grad_accum_steps
         clip = t.grad_clip if t.grad_clip > 0 else float("inf")
-        bar = self._progress(start_step)
+        bar = self._bar = self._progress(start_step)
         self._install_signal_handlers()
         loss_acc = torch.zeros((), device=self.device)
         acc_steps = 0
@@ -407,6 +407,7 @@ class Recipe:
         finally:
             if bar is not None:
                 bar.close()
+            self._bar = None
             self._restore_signal_handlers()
         return self._finish(start_step, tokens, train_seconds, skipped)
 
@@ -481,7 +482,11 @@ class Recipe:
         """Print on the main process only."""
         dist = getattr(self, "dist", None)
         if dist is None or dist.is_main:
-            self._log(message)
+            bar = getattr(self, "_bar", None)
+            if bar is not None and self._log is print:
+                bar.write(message)  # above the progress bar, not through it
+            else:
+                self._log(message)
 
     # ------------------------------------------------------------------ checkpoint
 
