@@ -54,7 +54,8 @@ def regression(session: nox.Session) -> None:
     """Every test of every package and the repository checks; then the torch-free and package-install checks."""
     _install(session, *PACKAGES)
     _pytest(session, "tests", *(f"{path}/tests" for path in PACKAGES.values()))
-    session.notify("device_backend_compat")
+    for version in OTHER_PYTHONS:  # notify() queues one parametrization per call
+        session.notify(f"device_backend_compat-{version}")
     session.notify("packages")
     session.notify("lint")
 
