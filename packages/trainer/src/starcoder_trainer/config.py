@@ -181,7 +181,7 @@ class TrainConfig:
     max_steps: int = 200
     """Optimizer steps to run (the end of the cosine schedule)."""
     batch_size: int = 8
-    """Blocks per micro-batch (per process)."""
+    """Blocks per micro-batch (the global micro-batch: split over the processes under torchrun)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; tokens per step = batch_size * grad_accum_steps * data.seq_len."""
     lr: float = 1e-3
