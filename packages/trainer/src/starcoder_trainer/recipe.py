@@ -6,7 +6,7 @@
     recipe.cleanup()
 
 One optimizer step = ``train.grad_accum_steps`` micro-batches of ``train.batch_size``
-blocks each (per process); AdamW with a cosine schedule after a linear warm-up; the
+blocks each (split over the processes under torchrun); AdamW with a cosine schedule after a linear warm-up; the
 global gradient norm clipped; autocast in the device's dtype (a GradScaler only for
 float16). The step does no host work besides one finite-check per step and the
 logging every ``train.log_every`` steps.
