@@ -73,11 +73,7 @@ def default_device() -> str:
     """The device ``device_backend.setup()`` picks for this machine (asked not to change any process setting)."""
     from device_backend import setup
 
-    try:
-        choice = setup("auto", apply=False)
-    except TypeError:  # an older setup() without the apply flag
-        choice = setup("auto")
-    return str(choice.device)
+    return str(setup("auto", apply=False).device)
 
 
 def enable(
