@@ -16,7 +16,6 @@ Python values: it loads with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from orchard_bridge.fileinfo import sha256_of  # stdlib-only; the one sha256-of-a-file helper
 
 PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-checkpoint-"
@@ -148,7 +148,7 @@ def verify(path: Path) -> str | None:
         target = path / rel
         if not target.is_file():
             return f"{rel} is missing"
-        if _sha256(target) != digest:
+        if sha256_of(target) != digest:
             return f"{rel} does not match its sha256 in manifest.json"
     return None
 
@@ -244,18 +244,10 @@ def _newness(path: Path) -> tuple[float, int]:
 
 def _hash_tree(folder: Path) -> dict[str, str]:
     return {
-        p.relative_to(folder).as_posix(): _sha256(p)
+        p.relative_to(folder).as_posix(): sha256_of(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
