@@ -491,9 +491,15 @@ def shape_for(config, repo_root: str | os.PathLike[str] | None = None) -> ModelS
     return ModelShape.from_config(cfg)
 
 
-def from_config(config, choice=None, *, repo_root=None, world_size: int | None = None) -> Estimate:
-    """The estimate for a trainer Config and a device_backend Choice (``None``: no budget, CPU, float32)."""
-    shape = shape_for(config, repo_root)
+def from_config(
+    config, choice=None, *, repo_root=None, world_size: int | None = None, shape: ModelShape | None = None
+) -> Estimate:
+    """The estimate for a trainer Config and a device_backend Choice (``None``: no budget, CPU, float32).
+
+    ``shape`` is the model's (``shape_for(config, repo_root)`` when not given).
+    """
+    if shape is None:
+        shape = shape_for(config, repo_root)
     lora_cfg = config.model.lora
     lora = None
     if lora_cfg.enabled:
@@ -537,13 +543,13 @@ def main_estimate(config, repo_root) -> int:
         print(f"device backend: {exc}; estimating without a budget", file=sys.stderr)
         choice = None
     try:
-        result = from_config(config, choice, repo_root=repo_root)
+        shape = shape_for(config, repo_root)  # read once: the LoRA line below reuses it
+        result = from_config(config, choice, repo_root=repo_root, shape=shape)
     except EstimateError as exc:
         print(f"starcoder-train --estimate: {exc}", file=sys.stderr)
         return 2
     print(result.format())
     if not result.lora:
-        shape = shape_for(config, repo_root)
         lora = estimate(shape, **_same(result, lora=LoraSpec(r=config.model.lora.r)))
         print(f"  with LoRA (r={config.model.lora.r}): predicted peak {_gib(lora.peak).strip()}")
     return 1 if result.fits is False else 0
