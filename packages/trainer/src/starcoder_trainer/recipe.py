@@ -218,7 +218,7 @@ class Recipe:
             functools.partial(lr_factor, warmup=t.warmup_steps, total=t.max_steps, min_ratio=t.min_lr_ratio),
         )
         self.scaler = torch.amp.GradScaler(self.device.type) if self.choice.use_grad_scaler else None
-        self.dtype = getattr(torch, self.choice.dtype)
+        self.dtype = self.choice.torch_dtype
         self.use_autocast = self.dtype != torch.float32
 
         # 8. Derived sizes, printed: blocks and tokens per optimizer step.
