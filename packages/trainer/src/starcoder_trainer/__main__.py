@@ -76,24 +76,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(cfg, resume: str | None) -> int:
+    from device_backend import DeviceUnavailableError
+
     from starcoder_trainer.checkpoint import CheckpointError
+    from starcoder_trainer.data import DataError
     from starcoder_trainer.model import ModelLoadError
     from starcoder_trainer.recipe import NonFiniteLossError, Recipe
 
     # MemoryError: the pre-flight estimate refused (train.refuse_if_over_budget) or the device ran out
-    known: tuple[type[BaseException], ...] = (CheckpointError, ModelLoadError, NonFiniteLossError, MemoryError)
-    try:
-        from device_backend import DeviceUnavailableError
-
-        known += (DeviceUnavailableError,)
-    except ImportError:
-        pass
-    try:
-        from starcoder_trainer.data import DataError
-
-        known += (DataError,)
-    except ImportError:
-        pass
+    known: tuple[type[BaseException], ...] = (
+        CheckpointError, ModelLoadError, NonFiniteLossError, MemoryError, DeviceUnavailableError, DataError
+    )
 
     recipe = Recipe(cfg, resume=resume)
     try:
@@ -117,13 +110,9 @@ def _train(cfg, resume: str | None) -> int:
 
 
 def _estimate(cfg, root: Path) -> int:
-    try:
-        from starcoder_trainer.estimate import main_estimate
-    except ImportError as exc:
-        print(f"starcoder-train --estimate: the memory estimator is not available ({exc})", file=sys.stderr)
-        return 1
-    result = main_estimate(cfg, root)
-    return result if isinstance(result, int) else 0
+    from starcoder_trainer.estimate import main_estimate
+
+    return main_estimate(cfg, root)
 
 
 def _peek_mps_fallback(config_path: Path, overrides: list[str]) -> bool:

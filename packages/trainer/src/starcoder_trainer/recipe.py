@@ -274,13 +274,9 @@ class Recipe:
 
     def _preflight_estimate(self) -> None:
         """Memory estimate against the device budget before the first step (starcoder_trainer.estimate)."""
-        try:
-            from starcoder_trainer import estimate
-        except ImportError:
-            return
-        check = getattr(estimate, "preflight", None)
-        if check is not None:
-            check(self.cfg, self.choice, log=self.info)
+        from starcoder_trainer.estimate import preflight
+
+        preflight(self.cfg, self.choice, log=self.info)
 
     # ------------------------------------------------------------------ the step
 
