@@ -60,3 +60,66 @@ def test_estimate_hook(git_repo, tiny_overrides, capsys):
     if not hasattr(estimate, "main_estimate"):
         pytest.skip("starcoder_trainer.estimate has no main_estimate yet")
     assert cli.main(_args(git_repo, tiny_overrides, "--estimate")) in (0, 1)
+
+
+class _Exited(Exception):
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+@pytest.mark.parametrize(
+    ("world", "failure", "code", "stderr_has"),
+    [
+        (2, None, 0, None),
+        (2, "data", 1, "starcoder-train: error: no files"),
+        (2, "bug", 1, "RuntimeError: boom"),  # the traceback, which finalization would have printed
+        (1, None, 0, None),
+    ],
+)
+def test_a_multi_process_run_ends_through_exit_process(monkeypatch, git_repo, tiny_overrides, capsys,
+                                                       world, failure, code, stderr_has):
+    """After collectives the CLI ends with exit_process(code) (gloo threads vs finalization); one process returns."""
+    from types import SimpleNamespace
+
+    from starcoder_trainer import distributed, recipe
+    from starcoder_trainer.data import DataError
+
+    events = []
+
+    class FakeRecipe:
+        def __init__(self, cfg, resume=None):
+            self.dist = SimpleNamespace(distributed=world > 1, is_main=True)
+
+        def setup(self):
+            events.append("setup")
+
+        def train(self):
+            if failure == "data":
+                raise DataError("no files")
+            if failure == "bug":
+                raise RuntimeError("boom")
+            return SimpleNamespace(format=lambda: "the summary", checkpoint=None)
+
+        def cleanup(self):
+            events.append("cleanup")
+
+    def fake_exit(value):
+        events.append(("exit", value))
+        raise _Exited(value)
+
+    monkeypatch.setattr(recipe, "Recipe", FakeRecipe)
+    monkeypatch.setattr(distributed, "exit_process", fake_exit)
+    if world > 1:
+        with pytest.raises(_Exited) as exited:
+            cli.main(_args(git_repo, tiny_overrides))
+        assert exited.value.code == code
+        assert events == ["setup", "cleanup", ("exit", code)]
+    else:
+        assert cli.main(_args(git_repo, tiny_overrides)) == code
+        assert events == ["setup", "cleanup"]
+    captured = capsys.readouterr()
+    if failure is None:
+        assert "the summary" in captured.out
+    if stderr_has:
+        assert stderr_has in captured.err

@@ -139,6 +139,28 @@ def test_optimizer_state_layout_converts_both_ways():
         D._ids_to_names(plain, names[:1])
 
 
+def test_exit_process_flushes_output_and_skips_interpreter_finalization(tmp_path):
+    """What the CLI relies on after collectives: buffered output arrives, the code passes, no finalization runs."""
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import atexit, logging, sys\n"
+        "from starcoder_trainer.distributed import exit_process\n"
+        "atexit.register(lambda: print('finalized', file=sys.stderr))\n"
+        "handler = logging.FileHandler(sys.argv[1])\n"
+        "logging.getLogger('t').addHandler(handler)\n"
+        "logging.getLogger('t').warning('logged line')\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "exit_process(7)\n"
+    )
+    log = tmp_path / "log.txt"
+    cmd = [sys.executable, str(script), str(log)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 7
+    assert proc.stdout == "buffered, no newline"
+    assert "finalized" not in proc.stderr  # atexit (interpreter finalization) did not run
+    assert log.read_text().strip() == "logged line"
+
+
 # ------------------------------------------------------------ two processes (gloo)
 
 

@@ -14,6 +14,7 @@ threads (torch threads per process). It writes losses.json (with tokens/s from t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -125,4 +126,9 @@ def main(spec_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    code = main(sys.argv[1])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from starcoder_trainer.distributed import exit_process
+
+        exit_process(code)  # gloo's worker threads against interpreter finalization: see its docstring
+    sys.exit(code)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -89,6 +90,26 @@ def _train(cfg, resume: str | None) -> int:
     )
 
     recipe = Recipe(cfg, resume=resume)
+    try:
+        code = _run(recipe, known)
+    except BaseException:
+        if not _ran_collectives(recipe):
+            raise
+        traceback.print_exc()  # exit_process skips the finalization that would print it
+        code = 1
+    if _ran_collectives(recipe):
+        from starcoder_trainer.distributed import exit_process
+
+        exit_process(code)
+    return code
+
+
+def _ran_collectives(recipe) -> bool:
+    dist = getattr(recipe, "dist", None)
+    return dist is not None and dist.distributed
+
+
+def _run(recipe, known: tuple[type[BaseException], ...]) -> int:
     try:
         recipe.setup()
         summary = recipe.train()

@@ -32,15 +32,18 @@ How the loop uses it, in order:
    and ``{}`` elsewhere, so a checkpoint written by N processes resumes in 1 and
    the other way round. Resume: every rank reads the files and calls
    ``ctx.load_model_state(model, sd)`` / ``ctx.load_optimizer_state(model, opt, osd)``.
-7. ``ctx.close()`` at the end (also on error).
+7. ``ctx.close()`` at the end (also on error); a command-line process that ran
+   collectives then ends with ``exit_process(code)`` (see there why).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 STRATEGIES = ("none", "ddp", "fsdp")
 
@@ -253,6 +256,28 @@ class DistContext:
 
         by_name = _ids_to_names(state, _param_names(model, optimizer))
         set_optimizer_state_dict(model, optimizer, by_name, options=_full_options())
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a process that took part in a process group: flush, then exit without interpreter finalization.
+
+    Why: a gloo worker thread (``pt_gloo_runloop``) frees each finished collective's work
+    object *after* the caller's ``wait()`` has returned, and that frees tensors owned by
+    Python, so the thread takes the GIL. ``destroy_process_group()`` does not stop these
+    threads (DDP keeps the process group alive), so when the main thread is already in
+    ``Py_FinalizeEx`` the thread is killed inside a destructor and the process aborts with
+    "terminate called without an active exception" (SIGABRT) after a run that succeeded.
+    Seen in CI on torch 2.13 (about 1 run in 30 under load; core dump: ``~AsyncBroadcastWork``
+    -> ``decref_pyobject`` -> ``take_gil`` -> ``pthread_exit``). ``os._exit`` skips
+    finalization; everything the run writes is closed by then, and the std streams and
+    logging are flushed here first. Only for command-line entry points: a library caller
+    keeps its own interpreter.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _full_options(cpu_offload: bool = False):
