@@ -78,8 +78,39 @@ def test_single_process_frame_is_the_identity(monkeypatch):
     assert set(state) == {"weight", "bias"}
     opt = torch.optim.AdamW(model.parameters())
     assert ctx.optimizer_state_for_save(model, opt) == opt.state_dict()
+    assert ctx.gather_object({"a": 1}) == [{"a": 1}]
+    assert ctx.rank_seed(5) == 5  # a single process keeps the configured seed
     ctx.barrier()
     ctx.close()
+
+
+def test_each_rank_restores_its_own_random_stream():
+    """Rank r takes rng_ranks[r-1] from a checkpoint of as many processes, else a distinct derived seed."""
+    from types import SimpleNamespace
+
+    from starcoder_trainer import checkpoint as ckpt
+    from starcoder_trainer.recipe import Recipe
+
+    def snapshot(seed):
+        torch.manual_seed(seed)
+        return ckpt.rng_state()
+
+    seeds = [DistContext(rank=r, world_size=3).rank_seed(7) for r in range(3)]
+    assert len(set(seeds)) == 3
+    state = {"rng": snapshot(1), "rng_ranks": [snapshot(2), snapshot(3)], "world_size": 3}
+
+    def restored(rank, world):
+        fake = SimpleNamespace(dist=DistContext(rank=rank, world_size=world), cfg=SimpleNamespace(
+            train=SimpleNamespace(seed=7)), step=4)
+        torch.manual_seed(99)
+        Recipe._restore_rng(fake, state)
+        return torch.get_rng_state()
+
+    assert torch.equal(restored(0, 3), state["rng"]["torch_cpu"])
+    assert torch.equal(restored(2, 3), state["rng_ranks"][1]["torch_cpu"])
+    assert torch.equal(restored(0, 2), state["rng"]["torch_cpu"])  # rank 0 continues in any world size
+    torch.manual_seed(DistContext(rank=1, world_size=2).rank_seed(7 + 4))
+    assert torch.equal(restored(1, 2), torch.get_rng_state())  # written by 3 processes, resumed in 2
 
 
 def test_shards_are_disjoint_and_rebuild_the_single_process_batches():

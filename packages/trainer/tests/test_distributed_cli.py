@@ -3,6 +3,7 @@
 - DDP and FSDP runs log the same train and validation losses as one process with the same
   config (the global batch does not depend on the number of processes), within LOSS_TOL.
 - A checkpoint written by 2 processes resumes in 1 (``--resume auto``) and reaches the same losses.
+- LoRA with dropout on 2 processes: per-rank random streams, saved, so 2 processes resume exactly.
 - The FSDP checkpoint is a plain transformers model equal to the single-process one.
 """
 
@@ -47,11 +48,11 @@ def _assert_same(a: dict, b: dict) -> None:
         assert abs(value - b[key]) <= LOSS_TOL * max(1.0, abs(b[key])), (key, value, b[key])
 
 
-def _resume_in_one(repo: Path, overrides: list[str], source: str, run: str) -> list[dict]:
-    """Copy ``source``'s run without its last checkpoint, then continue it in one process."""
+def _resume(repo: Path, overrides: list[str], source: str, run: str, nproc: int = 1) -> list[dict]:
+    """Copy ``source``'s run without its last checkpoint, then continue it in ``nproc`` processes."""
     shutil.copytree(repo / "runs" / source, repo / "runs" / run)
     shutil.rmtree(repo / "runs" / run / "checkpoint-4")
-    return _train(repo, overrides, run, 1, "--resume", "auto")
+    return _train(repo, overrides, run, nproc, "--resume", "auto")
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(git_repo, t
     for step in (2, 4):
         assert (git_repo / "runs" / strategy / f"checkpoint-{step}" / "model.safetensors").is_file()
 
-    resumed = _resume_in_one(git_repo, tiny_overrides, strategy, f"{strategy}-resumed")
+    resumed = _resume(git_repo, tiny_overrides, strategy, f"{strategy}-resumed")
     _assert_same(_losses(resumed, after=2), _losses(single, after=2))
 
     from transformers import AutoModelForCausalLM
@@ -75,3 +76,21 @@ def test_two_processes_match_one_and_their_checkpoint_resumes_in_one(git_repo, t
     ref = AutoModelForCausalLM.from_pretrained(git_repo / "runs" / "one" / "checkpoint-4").state_dict()
     assert ours.keys() == ref.keys()
     assert all(torch.allclose(ours[k], ref[k], atol=1e-4) for k in ref)
+
+
+def test_lora_with_dropout_on_two_processes_draws_per_rank_masks_and_resumes_exactly(git_repo, tiny_overrides):
+    """LoRA under DDP with dropout: each rank its own random stream, all of them in the checkpoint.
+
+    With one seed for every rank, the ranks would drop the same positions (correlated noise);
+    with only rank 0's state saved, a 2-process resume would draw other masks than the
+    uninterrupted run and its losses would drift.
+    """
+    overrides = [*tiny_overrides, "train.strategy=ddp", "model.tiny.dropout=0.1", "model.lora.enabled=true"]
+    full = _train(git_repo, overrides, "lora", 2)
+    state = torch.load(git_repo / "runs" / "lora" / "checkpoint-2" / "training_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 1
+    assert not torch.equal(state["rng"]["torch_cpu"], state["rng_ranks"][0]["torch_cpu"])
+    assert (git_repo / "runs" / "lora" / "checkpoint-4" / "adapter_model.safetensors").is_file()
+
+    resumed = _resume(git_repo, overrides, "lora", "lora-resumed", 2)
+    _assert_same(_losses(resumed, after=2), _losses(full, after=2))

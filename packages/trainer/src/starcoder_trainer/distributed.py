@@ -23,16 +23,19 @@ How the loop uses it, in order:
    ``per_rank_batch`` blocks per micro-step gives the same batches.)
 4. Each micro-step runs inside ``with ctx.no_sync(model, sync=is_last_micro_step):``
    so gradients are all-reduced once per optimizer step, not per micro-step.
-5. ``ctx.clip_grad_norm_(model, max_norm)`` (works for sharded gradients too),
+5. Random stream per rank: ``torch.manual_seed(ctx.rank_seed(seed))`` after the model is
+   built (the same init everywhere), so ranks draw different dropout masks; checkpoints
+   keep every rank's RNG state (``gather_object``) so N processes resume exactly in N.
+6. ``ctx.clip_grad_norm_(model, max_norm)`` (works for sharded gradients too),
    ``ctx.all_reduce_mean(loss)`` for the logged loss; only ``ctx.is_main`` logs.
-6. Checkpoints (collective: every rank calls, rank 0 writes):
+7. Checkpoints (collective: every rank calls, rank 0 writes):
    ``ctx.model_state_for_save(model)`` and ``ctx.optimizer_state_for_save(model, opt)``
    return the same plain, unsharded dicts a single process writes
    (``model.state_dict()`` keys, ``optimizer.state_dict()`` layout) on rank 0
    and ``{}`` elsewhere, so a checkpoint written by N processes resumes in 1 and
    the other way round. Resume: every rank reads the files and calls
    ``ctx.load_model_state(model, sd)`` / ``ctx.load_optimizer_state(model, opt, osd)``.
-7. ``ctx.close()`` at the end (also on error); a command-line process that ran
+8. ``ctx.close()`` at the end (also on error); a command-line process that ran
    collectives then ends with ``exit_process(code)`` (see there why).
 """
 
@@ -176,6 +179,25 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= self.world_size
         return t if is_tensor else float(t.item())
+
+    def gather_object(self, obj) -> list | None:
+        """Every rank's ``obj`` in rank order on rank 0, None elsewhere (``[obj]`` in a single process)."""
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def rank_seed(self, seed: int) -> int:
+        """The torch seed of this rank's random stream (dropout): ``seed`` on rank 0, a distinct one elsewhere.
+
+        Every rank draws its own dropout masks; with one seed for all, the ranks would drop
+        the same positions of their different samples (correlated noise). Rank 0 keeps
+        ``seed``, so a single-process run is unchanged.
+        """
+        return seed + 1_000_003 * self.rank
 
     def broadcast_object(self, obj):
         """Rank 0's ``obj`` on every rank (e.g. the checkpoint folder chosen by ``--resume auto``)."""

@@ -243,15 +243,31 @@ class Recipe:
                 self.scaler.load_state_dict(state["scaler"])
             self.step = int(state["step"])
             self._history = state.get("history", {})
-            ckpt.set_rng_state(state["rng"])
+            self._restore_rng(state)
         else:
-            torch.manual_seed(t.seed)
+            torch.manual_seed(self.dist.rank_seed(t.seed))  # each rank its own dropout masks
             self._history = {}
         self.last_checkpoint: Path | None = self.resume_from
         self.metrics_path = self.run_dir / "metrics.jsonl"
         if self.dist.is_main:
             _truncate_metrics(self.metrics_path, self.step)
         return self
+
+    def _restore_rng(self, state: dict) -> None:
+        """This rank's random state from the checkpoint (rank 0: ``rng``; rank r: ``rng_ranks[r-1]``).
+
+        A checkpoint written by another number of processes has no state for this rank:
+        rank 0 continues the saved stream, the others start a distinct, reproducible one.
+        """
+        ckpt.set_rng_state(state["rng"])
+        rank = self.dist.rank
+        if rank == 0:
+            return
+        others = state.get("rng_ranks") or []
+        if state.get("world_size") == self.dist.world_size and len(others) >= rank:
+            ckpt.set_rng_state(others[rank - 1])
+        else:
+            torch.manual_seed(self.dist.rank_seed(self.cfg.train.seed + self.step))
 
     def _build_model(self):
         cfg = self.cfg
@@ -493,16 +509,19 @@ class Recipe:
         sharded = self.dist.distributed  # a full state dict gathered from every rank; one process saves directly
         model_state = self.dist.model_state_for_save(self.model) if sharded else None
         optimizer_state = self.dist.optimizer_state_for_save(self.model, self.optimizer)
+        rng = self.dist.gather_object(ckpt.rng_state())  # every rank's stream, so N processes resume in N exactly
         if self.dist.is_main:
             state = {
                 "step": self.step,
                 "data_position": self.step * self.global_blocks,  # blocks consumed; the order is seeded per epoch
                 "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
-                "rng": ckpt.rng_state(),
+                "rng": rng[0],
                 "history": dict(self._history),
                 "world_size": self.dist.world_size,
             }
+            if len(rng) > 1:
+                state["rng_ranks"] = rng[1:]
             if self.scaler is not None:
                 state["scaler"] = self.scaler.state_dict()
             self.last_checkpoint = ckpt.save_checkpoint(
