@@ -60,3 +60,21 @@ def test_a_fresh_start_refuses_a_run_folder_that_holds_checkpoints(tiny_config, 
     r.cleanup()
     with pytest.raises(ckpt.CheckpointError, match="--resume auto"):
         Recipe(tiny_config("train.max_steps=1"), log=quiet_log).setup()
+
+
+def test_a_stopped_run_times_its_steps_not_its_checkpoint(tiny_config, quiet_log, monkeypatch):
+    """tokens/s of a stopped run: the checkpoint written at the stop is host work, off the clock (counted once)."""
+    import time
+
+    r = Recipe(tiny_config("train.max_steps=5", "train.save_every=0", "train.eval_every=0"), log=quiet_log).setup()
+    save = r.save
+
+    def slow_save():
+        time.sleep(1.0)
+        return save()
+
+    monkeypatch.setattr(r, "save", slow_save)
+    summary = r.train(stop_at=2)
+    r.cleanup()
+    assert summary.stopped_by == "stop_at=2"
+    assert 0 < summary.train_seconds < 1.0  # two tiny steps; the 1 s save is not in it

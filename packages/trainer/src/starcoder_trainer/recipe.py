@@ -410,6 +410,7 @@ class Recipe:
                 if self._stop_signal:
                     train_seconds += time.perf_counter() - tick
                     self.save()
+                    tick = time.perf_counter()  # the clock after the loop adds from here
                     self.info(
                         f"stopped by {self._stop_signal} at step {self.step}; checkpoint {self.last_checkpoint}; "
                         "continue with --resume auto"
