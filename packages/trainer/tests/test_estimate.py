@@ -51,7 +51,7 @@ def test_lora_parameter_count_equals_peft(cfg):
     config, model = _model(cfg)
     shape = ModelShape.from_config(config)
     spec = LoraSpec(r=4)
-    targets = list(E.DEFAULT_LORA_TARGETS[shape.model_type])
+    targets = list(E.LORA_TARGETS[shape.model_type])
     model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     assert spec.parameter_count(shape) == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -132,7 +132,7 @@ def test_saved_activations_match_what_autograd_keeps(cfg, extra, lora):
     if lora:
         peft = pytest.importorskip("peft", reason="LoRA needs peft (starcoder-trainer[lora])")
         spec = LoraSpec(r=8, dropout=0.05)
-        targets = list(E.DEFAULT_LORA_TARGETS[config.model_type])
+        targets = list(E.LORA_TARGETS[config.model_type])
         model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=targets))
     model.train()
     shape = ModelShape.from_config(config)

@@ -30,6 +30,15 @@ import yaml
 from starcoder_trainer.data import DataConfig
 
 TINY_PRESET = "tiny-starcoder"
+# Linear layers LoRA adapts by default, per transformers model_type (the trainer and the memory estimate).
+LORA_TARGETS: dict[str, list[str]] = {
+    "gpt_bigcode": ["c_attn", "c_proj", "c_fc"],
+    "starcoder2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
 
 
 class ConfigError(ValueError):

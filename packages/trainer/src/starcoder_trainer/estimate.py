@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from starcoder_trainer.config import LORA_TARGETS
+
 GIB = 1024**3
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # On the CPU, glibc keeps freed large blocks in its heap once its dynamic mmap threshold has grown:
@@ -34,7 +36,6 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # most cases 23-43%, LoRA with adapter dropout 72%).
 # The fit check on the CPU allows for it; MALLOC_MMAP_THRESHOLD_=65536 removes most of it.
 CPU_MALLOC_SLACK = 0.4
-DEFAULT_LORA_TARGETS = {"gpt_bigcode": ("c_attn", "c_proj", "c_fc"), "starcoder2": ("q_proj", "k_proj", "v_proj", "o_proj")}
 
 
 class EstimateError(ValueError):
@@ -150,7 +151,7 @@ class LoraSpec:
     target_modules: tuple[str, ...] | None = None  # None: per architecture
 
     def targets(self, shape: ModelShape) -> dict[str, tuple[int, int]]:
-        names = self.target_modules or DEFAULT_LORA_TARGETS.get(shape.model_type, ())
+        names = self.target_modules or LORA_TARGETS.get(shape.model_type, ())
         return {full: io for full, io in shape.linears().items() if full.split(".")[-1] in names or full in names}
 
     def parameter_count(self, shape: ModelShape) -> int:

@@ -11,17 +11,7 @@ from typing import Any
 
 import torch
 
-from starcoder_trainer.config import Config, ModelConfig
-
-# Linear layers LoRA adapts by default, per transformers model_type.
-LORA_TARGETS: dict[str, list[str]] = {
-    "gpt_bigcode": ["c_attn", "c_proj", "c_fc"],
-    "starcoder2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
-}
+from starcoder_trainer.config import LORA_TARGETS, Config, ModelConfig
 
 
 class ModelLoadError(RuntimeError):
