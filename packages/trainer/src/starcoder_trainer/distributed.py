@@ -87,12 +87,6 @@ class DistContext:
             return torch.device("cuda", self.local_rank)
         return torch.device(self.device_type)
 
-    def describe(self) -> str:
-        """One line for the run's header."""
-        if not self.distributed:
-            return "single process"
-        return f"{self.strategy} over {self.world_size} processes ({self.backend}), this is rank {self.rank}"
-
     # ------------------------------------------------------------------ model
     def wrap(self, model):
         """Wrap the model for the strategy (identity in a single process).
@@ -131,15 +125,13 @@ class DistContext:
 
     def no_sync(self, model, sync: bool):
         """Context for one micro-step: gradients are all-reduced only when ``sync`` is true."""
-        if not self.distributed or sync:
-            if self.strategy == "fsdp" and self.distributed:
-                model.set_requires_gradient_sync(True)
+        if not self.distributed:
             return contextlib.nullcontext()
-        if self.strategy == "ddp":
-            return model.no_sync()
         if self.strategy == "fsdp":
-            model.set_requires_gradient_sync(False)
+            model.set_requires_gradient_sync(sync)
             return contextlib.nullcontext()
+        if self.strategy == "ddp" and not sync:
+            return model.no_sync()
         return contextlib.nullcontext()
 
     def clip_grad_norm_(self, model, max_norm: float) -> float:

@@ -123,9 +123,8 @@ class Recipe:
         from starcoder_trainer.distributed import init_distributed
 
         self.dist = init_distributed(t.strategy, self.choice.device_type)
-        if self.dist.world_size > 1 and self.choice.device_type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(self.device)
+        if self.dist.distributed:
+            self.device = self.dist.device()  # cuda:<LOCAL_RANK> (init_distributed made it current)
         self.info(f"device: {self.device} ({self.choice.dtype}); " + "; ".join(map(str, self.choice.reasons)))
 
         # 3. Attention: "orchard" only where the bridge proved the kernel for training, else "sdpa".
@@ -157,7 +156,7 @@ class Recipe:
         if self.resume and point.path is None:
             self.info(f"resume {self.resume}: no checkpoint found under {output_dir}; starting fresh")
         if point.path is not None:
-            self.run_dir = point.path.parent
+            self.run_dir = point.run_dir
         else:
             name = cfg.output.run or time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
             name = self.dist.broadcast_object(name)
@@ -225,7 +224,7 @@ class Recipe:
         # The global batch does not depend on the number of processes: each rank reads its
         # strided share of every micro-batch a single process would read.
         self.seq_len = self.train_blocks.shape[1]
-        self.rank_batch = self.dist.per_rank_batch(t.batch_size)
+        self.dist.per_rank_batch(t.batch_size)  # raises unless batch_size divides over the ranks
         self.global_blocks = t.batch_size * t.grad_accum_steps
         self.tokens_per_step = self.global_blocks * self.seq_len
         self.info(
