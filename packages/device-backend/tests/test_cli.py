@@ -69,3 +69,18 @@ def test_module_runs_as_a_program():
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["device"] == "cpu" and data["facts"]["probed_in"] == "process"
+
+
+def test_a_zero_watermark_is_reported_once(machine, monkeypatch, capsys):
+    """configure_environment() and the choice both see the variable; the report names it one time."""
+    monkeypatch.setenv("PYTORCH_MPS_HIGH_WATERMARK_RATIO", "0")
+
+    def profile():
+        facts = apple_m2_macos14()
+        facts.env = {**facts.env, "PYTORCH_MPS_HIGH_WATERMARK_RATIO": "0"}
+        return facts
+
+    machine(profile)
+    assert main(["--json", "--no-subprocess"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert sum("PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0" in w for w in warnings) == 1

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"device-backend: {exc}", file=sys.stderr)
         return 2
-    choice.warnings.extend(env_notes)
+    choice.warnings.extend(n for n in env_notes if n not in choice.warnings)  # the watermark note is in both
     print(json.dumps(choice.to_dict(), indent=2) if args.json else format_report(choice))
     if args.require and choice.device_type != args.require:
         reason = choice.reason_for(args.require)

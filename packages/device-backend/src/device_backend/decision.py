@@ -405,13 +405,7 @@ def _memory_budget(
 
 
 def _warnings(facts: Facts, device_type: str) -> list[str]:
-    notes = []
-    ratio = facts.env.get("PYTORCH_MPS_HIGH_WATERMARK_RATIO")
-    if ratio is not None and _is_zero(ratio):
-        notes.append(
-            "PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 removes MPS's memory limit and can freeze the whole Mac; "
-            "unset it (use memory_fraction instead)."
-        )
+    notes = [n for n in [watermark_warning(facts.env)] if n]
     if facts.mps_cached_available is False and facts.mps_available:
         notes.append(
             "torch.backends.mps.is_available() cached False earlier in this process while MPS works now; "
@@ -423,6 +417,17 @@ def _warnings(facts: Facts, device_type: str) -> list[str]:
             "call device_backend.configure_environment() before importing torch."
         )
     return notes
+
+
+def watermark_warning(env) -> str | None:
+    """The warning for ``PYTORCH_MPS_HIGH_WATERMARK_RATIO`` set to zero in ``env``, else None."""
+    ratio = env.get("PYTORCH_MPS_HIGH_WATERMARK_RATIO")
+    if ratio is None or not _is_zero(ratio):
+        return None
+    return (
+        "PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 removes MPS's memory limit and can freeze the whole Mac; "
+        "unset it (use memory_fraction instead)."
+    )
 
 
 def _is_zero(text: str) -> bool:

@@ -16,6 +16,7 @@ from device_backend.decision import (
     min_macos_for_mps,
     mps_status,
     parse_request,
+    watermark_warning,
 )
 from device_backend.facts import Facts, version_tuple
 
@@ -54,11 +55,9 @@ def configure_environment(
             env[name] = value
         elif current != value:
             notes.append(f"{name}={current!r} is already set in the environment and kept (configuration asks {value!r}).")
-    ratio = env.get("PYTORCH_MPS_HIGH_WATERMARK_RATIO")
-    if ratio is not None and ratio.strip() in ("0", "0.0", "0.00"):
-        notes.append(
-            "PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 removes MPS's memory limit and can freeze the whole Mac; unset it."
-        )
+    watermark = watermark_warning(env)
+    if watermark:
+        notes.append(watermark)
     for note in notes:
         log.warning(note)
     return notes
