@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from pathlib import Path
 
@@ -136,3 +137,13 @@ def test_host_mismatch(fmt, host, expected):
 def test_normalize_arch():
     assert normalize_arch("aarch64") == normalize_arch("arm64") == "arm64"
     assert normalize_arch("AMD64") == normalize_arch("x86_64") == "x86_64"
+
+
+def test_the_hash_covers_the_header_and_every_chunk(tmp_path):
+    """One read gives the header and the digest: files under, at and over the 4 KiB head and 1 MiB chunks."""
+    from orchard_bridge.fileinfo import sha256_of
+
+    for size in (0, 10, 4096, 4097, (1 << 20) + 4096 + 3):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(os.urandom(size))
+        assert sha256_of(path) == hashlib.sha256(path.read_bytes()).hexdigest(), size

@@ -86,23 +86,22 @@ class FileCheck:
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
+    return _head_and_sha256(path)[1]
+
+
+def _head_and_sha256(path: str | os.PathLike[str]) -> tuple[bytes, str]:
+    """The first 4 KiB (for :func:`parse_format`) and the sha256 of the whole file, in one read."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
+        head = handle.read(4096)
+        digest.update(head)
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_format(path: str | os.PathLike[str]) -> BinaryFormat:
-    """Read the binary format from the file's header (and check the header's own sizes against the file's)."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        head = handle.read(4096)
-    return parse_format(head, size)
+    return head, digest.hexdigest()
 
 
 def parse_format(head: bytes, size: int) -> BinaryFormat:
-    """Pure version of :func:`read_format`: ``head`` is the first bytes of a file of ``size`` bytes."""
+    """The binary format from ``head``, the first bytes of a file of ``size`` bytes (header sizes checked)."""
     if size == 0:
         return BinaryFormat("empty", problem="the file is empty")
     magic4 = head[:4]
@@ -233,8 +232,8 @@ def check_file(path: str | os.PathLike[str], host: Host | None = None) -> FileCh
         return FileCheck(str(p), False, "not a regular file")
     mode = oct(stat.S_IMODE(st.st_mode))
     try:
-        digest = sha256_of(p)
-        fmt = read_format(p)
+        head, digest = _head_and_sha256(p)
+        fmt = parse_format(head, st.st_size)
     except OSError as exc:
         return FileCheck(str(p), False, f"cannot be read: {exc.strerror or exc}", size=st.st_size, mode=mode)
     check = FileCheck(str(p), False, "", sha256=digest, size=st.st_size, mode=mode, format=fmt)
