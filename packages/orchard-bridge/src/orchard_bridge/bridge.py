@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from device_backend.paths import resolve_path
 
 from orchard_bridge import ops
 from orchard_bridge.abi import Abi, identify
@@ -127,8 +128,7 @@ def _repo_root(explicit, env) -> Path | None:
 def _cache_dir(value: str | os.PathLike[str] | None, root: Path | None) -> Path:
     """``value`` (relative to the repository root, like every config path), else ``<root>/.cache/orchard``."""
     if value is not None:
-        path = Path(value).expanduser()
-        return root / path if (root is not None and not path.is_absolute()) else path
+        return resolve_path(root, value) if root is not None else Path(value).expanduser()
     return root / CACHE_DIR if root is not None else Path(tempfile.gettempdir()) / "orchard-bridge-cache"
 
 

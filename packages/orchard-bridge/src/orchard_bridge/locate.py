@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from device_backend.paths import resolve_path
+
 LIBRARY_NAME = "libflash_attn.dylib"
 # Relative to an Orchard checkout: the later layout (built locally with CMake from experimental/orchard_ops/) first,
 # then the prebuilt library of the pinned commit.
@@ -51,8 +53,7 @@ def build_dir(repo_root: str | os.PathLike[str]) -> Path:
 
 def submodule_dir(repo_root: str | os.PathLike[str], metal_backend: str | os.PathLike[str] | None = None) -> Path:
     """The Orchard submodule folder: ``metal_backend`` (config ``repo.metal_backend``) under the repository root."""
-    path = Path(metal_backend or SUBMODULE_DIR).expanduser()
-    return path if path.is_absolute() else Path(repo_root) / path
+    return resolve_path(repo_root, metal_backend or SUBMODULE_DIR)
 
 
 def candidate_paths(
@@ -77,9 +78,7 @@ def candidate_paths(
     if env.get("ORCHARD_DYLIB_PATH"):
         add("ORCHARD_DYLIB_PATH", Path(env["ORCHARD_DYLIB_PATH"]).expanduser())
     if library:
-        path = Path(library).expanduser()
-        if not path.is_absolute() and repo_root is not None:
-            path = Path(repo_root) / path
+        path = resolve_path(repo_root, library) if repo_root is not None else Path(library).expanduser()
         add("config orchard.library", path)
     if env.get("ORCHARD_REPO_PATH"):
         checkout = Path(env["ORCHARD_REPO_PATH"]).expanduser()

@@ -179,10 +179,7 @@ def attention(
             q.contiguous(), k.contiguous(), v.contiguous(), q.shape[-1] ** -0.5 if scale is None else scale, causal
         )
         return out
-    _counts["fallback"] += 1
-    _fallback_reasons[reason] += 1
-    if k.shape[1] != q.shape[1]:
-        return F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=True
-        )
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+    count_fallback(reason)
+    return F.scaled_dot_product_attention(
+        q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )
